@@ -1,0 +1,123 @@
+"""The `stream-reco` command line: a thin shell over the package's modules.
+
+Subcommands are imported lazily so `stream-reco --help` and quick commands (`tail`, `broker status`) do not
+pay for numpy, faust and annoy imports they do not use. Each subcommand module exposes one click command;
+shared state (the loaded settings) travels in `ctx.obj` as a `CliState`.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (also: not implemented yet),
+3 rejected records (replay), 4 the broker is not ready.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from stream_reco.settings import Settings, SettingsError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_BROKER_NOT_READY = 4
+
+# name -> (module:attribute, one-line help shown even when the module cannot be imported)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("stream_reco.broker:broker_cli", "Start, stop or check the local Apache Kafka broker."),
+    "worker": ("stream_reco.stream.worker:worker_cmd", "Run a stream processing worker."),
+    "simulate": ("stream_reco.shop.simulate:simulate_cmd", "Write a deterministic synthetic shop."),
+    "replay": ("stream_reco.shop.replay:replay_cmd", "Send an event log (and catalog) to the topics."),
+    "tail": ("stream_reco.shop.tail:tail_cmd", "Print recommendation lists as they are published."),
+    "train": ("stream_reco.model.train:train_cmd", "Learn item embeddings and write a model artifact."),
+    "evaluate": ("stream_reco.evaluate.cli:evaluate_cmd", "Replay a log in-process and report quality."),
+    "bench": ("stream_reco.bench_cli:bench_cmd", "Measure throughput, latency, ANN quality and memory."),
+    "demo": ("stream_reco.shop.demo:demo_cmd", "Run the whole system end to end on a simulated shop."),
+    "topics": ("stream_reco.stream.topics:topics_cmd", "Create the contract's topics on the broker."),
+}
+
+
+@dataclass
+class CliState:
+    config_file: str | None
+    verbose: int
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = Settings.load(self.config_file)
+            except SettingsError as exc:
+                raise click.UsageError(str(exc)) from exc
+        return self._settings
+
+
+def _not_implemented(name: str, help_text: str) -> click.Command:
+    @click.command(name=name, help=help_text + " (not implemented yet)", context_settings={
+        "ignore_unknown_options": True, "allow_extra_args": True})
+    def cmd() -> None:
+        click.echo(f"stream-reco {name}: not implemented yet", err=True)
+        sys.exit(EXIT_USAGE)
+
+    return cmd
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*COMMANDS, *super().list_commands(ctx)])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        target, help_text = COMMANDS[cmd_name]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return _not_implemented(cmd_name, help_text)
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", envvar="STREAM_RECO_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML settings file (env: STREAM_RECO_CONFIG).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="stream-reco")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, verbose: int) -> None:
+    """stream_reco: a streaming product recommender over Kafka.
+
+    Every setting is read from STREAM_RECO_<NAME> environment variables or a TOML --config file;
+    `stream-reco config` shows the effective values.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = CliState(config_file=config_file, verbose=verbose)
+
+
+@cli.command("config")
+@click.option("--doc", is_flag=True, help="Show each setting's environment variable and meaning.")
+@click.pass_obj
+def config_cmd(state: CliState, doc: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    values = state.settings.masked()
+    for name, env, default, text in Settings.field_docs():
+        line = f"{name} = {values[name]!r}"
+        if doc:
+            line += f"    # {env}; default {default!r}; {text}"
+        click.echo(line)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return cli.main(args=argv, prog_name="stream-reco")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,164 @@
+"""Typed records of the contract's messages, built from documents that already passed the schemas.
+
+The JSON Schemas in `schemas/` decide what is valid; these classes only give the core typed, immutable
+values to work with, so nothing here re-checks the schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EventType = Literal["view", "add_to_cart", "purchase", "dismiss"]
+EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
+CATEGORY_SEP = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    event_type: EventType
+    item_id: str
+    timestamp: int
+    user_id: str | None = None
+    session_id: str | None = None
+    page_category: str | None = None
+    quantity: int | None = None
+    price: float | None = None
+    reason: str | None = None
+
+    @property
+    def visitor_key(self) -> str:
+        """The Kafka key and state key: the user id, or the session id of an anonymous visitor."""
+        return self.user_id or self.session_id  # type: ignore[return-value]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        ctx = d.get("context") or {}
+        return cls(
+            event_id=d["event_id"],
+            event_type=d["event_type"],
+            item_id=d["item_id"],
+            timestamp=int(d["timestamp"]),
+            user_id=d.get("user_id"),
+            session_id=d.get("session_id"),
+            page_category=ctx.get("page_category"),
+            quantity=ctx.get("quantity"),
+            price=ctx.get("price"),
+            reason=ctx.get("reason"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "item_id": self.item_id,
+            "timestamp": self.timestamp,
+        }
+        if self.user_id is not None:
+            d["user_id"] = self.user_id
+        if self.session_id is not None:
+            d["session_id"] = self.session_id
+        ctx = {
+            k: v
+            for k, v in (
+                ("page_category", self.page_category),
+                ("quantity", self.quantity),
+                ("price", self.price),
+                ("reason", self.reason),
+            )
+            if v is not None
+        }
+        if ctx:
+            d["context"] = ctx
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogItem:
+    item_id: str
+    title: str = ""
+    category: tuple[str, ...] = ()
+    price: float | None = None
+    in_stock: bool = True
+    repurchasable: bool = False
+    attributes: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+    updated_at: int = 0
+
+    @property
+    def recommendable(self) -> bool:
+        return self.in_stock and not self.deleted
+
+    @property
+    def category_path(self) -> str:
+        return CATEGORY_SEP.join(self.category)
+
+    @property
+    def leaf_category(self) -> str:
+        return self.category[-1] if self.category else ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CatalogItem:
+        return cls(
+            item_id=d["item_id"],
+            title=d.get("title") or "",
+            category=tuple(d.get("category") or ()),
+            price=d.get("price"),
+            in_stock=bool(d.get("in_stock", True)),
+            repurchasable=bool(d.get("repurchasable", False)),
+            attributes={str(k): str(v) for k, v in (d.get("attributes") or {}).items()},
+            deleted=bool(d.get("deleted", False)),
+            updated_at=int(d.get("updated_at") or 0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "item_id": self.item_id,
+            "title": self.title,
+            "category": list(self.category),
+            "in_stock": self.in_stock,
+            "repurchasable": self.repurchasable,
+            "attributes": dict(self.attributes),
+            "deleted": self.deleted,
+            "updated_at": self.updated_at,
+        }
+        if self.price is not None:
+            d["price"] = self.price
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendedItem:
+    item_id: str
+    score: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "score": round(float(self.score), 6), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One published list: the latest message per visitor key is that visitor's current list."""
+
+    items: tuple[RecommendedItem, ...]
+    generated_at: int
+    user_id: str | None = None
+    session_id: str | None = None
+    trigger_event_id: str | None = None
+    model_version: str = "none"
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "items": [i.to_dict() for i in self.items],
+            "generated_at": self.generated_at,
+            "trigger_event_id": self.trigger_event_id,
+            "model_version": self.model_version,
+        }
+        if self.latency_ms is not None:
+            d["latency_ms"] = round(float(self.latency_ms), 3)
+        return d

@@ -1,0 +1,234 @@
+"""One frozen settings object for every part of stream_reco.
+
+Every field has an environment variable ``STREAM_RECO_<FIELD NAME IN UPPER CASE>`` and a key of the
+same (lower-case) name in an optional TOML file (``--config FILE`` or ``STREAM_RECO_CONFIG``).
+Precedence, lowest first: the defaults below, the TOML file, the environment, explicit overrides.
+The defaults are documented here once; ``stream-reco config`` prints the effective values
+(secrets masked) and the README's configuration table is checked against this module by a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "STREAM_RECO_"
+SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "stream-reco")
+
+
+def _doc(default: Any, doc: str) -> Any:
+    """A dataclass field whose help text travels with it (used by `stream-reco config` and the README)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka and topics (names fixed by docs/contracts.md) ---
+    bootstrap: str = _doc("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
+    events_topic: str = _doc("shop.events", "behaviour events topic (key: user_id or session_id)")
+    catalog_topic: str = _doc("shop.catalog", "catalog topic (key: item_id)")
+    recommendations_topic: str = _doc("reco.recommendations", "output topic, compacted by visitor key")
+    dead_letter_topic: str = _doc("reco.dead-letter", "rejected messages with the reason")
+    app_id: str = _doc("stream-reco", "stream processor id: consumer group and changelog topic prefix")
+    data_dir: str = _doc(_default_data_dir, "local state, model artifacts and broker data")
+    model: str = _doc("latest", "model artifact to load: a path, or `latest` (newest under data_dir/models)")
+    list_size: int = _doc(10, "items per published list")
+    partitions: int = _doc(6, "partitions of topics stream_reco creates")
+    replication_factor: int = _doc(1, "replication factor of topics stream_reco creates")
+
+    # --- security (secrets are never logged) ---
+    security_protocol: str = _doc("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = _doc("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: no SASL)")
+    sasl_username: str = _doc("", "SASL user name")
+    sasl_password: str = _doc("", "SASL password (secret)")
+    ssl_cafile: str = _doc("", "CA bundle that signed the broker's certificate")
+    ssl_certfile: str = _doc("", "client certificate (mutual TLS)")
+    ssl_keyfile: str = _doc("", "client private key (mutual TLS)")
+    ssl_password: str = _doc("", "password of the client private key (secret)")
+    max_message_bytes: int = _doc(1_000_000, "largest accepted event or catalog message; larger is dead-lettered")
+
+    # --- worker ---
+    coalesce_ms: int = _doc(5, "a burst of events from one visitor within this window yields one list")
+    batch_size: int = _doc(256, "most events one worker step takes from the stream at once")
+    broker_session_timeout_s: float = _doc(10.0, "consumer group session timeout; rebalances take ~half")
+    web_port: int = _doc(6066, "HTTP port of the worker (GET /recommendations/{id}); 0 disables it")
+    dedup_window: int = _doc(64, "recent event_ids kept per visitor to drop redelivered duplicates")
+
+    # --- recommendation model ---
+    embedding_dim: int = _doc(64, "item and visitor embedding dimension")
+    weight_view: float = _doc(1.0, "pull of a view on the visitor's interest vector")
+    weight_add_to_cart: float = _doc(3.0, "pull of an add-to-cart")
+    weight_purchase: float = _doc(5.0, "pull of a purchase")
+    weight_dismiss: float = _doc(-2.0, "push of a dismissal (negative: away from the item)")
+    interest_half_life_h: float = _doc(72.0, "half-life of a visitor's long-term interests, hours")
+    max_interests: int = _doc(4, "interest vectors per visitor (one per distinct region of item space)")
+    interest_split_cosine: float = _doc(0.35, "an item less similar than this to every interest opens a new one")
+    history_cap: int = _doc(50, "items kept in a visitor's recent history")
+    owned_cap: int = _doc(200, "purchased and dismissed items kept per visitor")
+    session_gap_s: int = _doc(1800, "inactivity that ends a session, seconds")
+    purchase_suppress_days: float = _doc(14.0, "days a purchased item's category is not recommended")
+    viewed_penalty: float = _doc(0.5, "score multiplier for items already viewed in the session")
+    mmr_lambda: float = _doc(0.7, "relevance vs diversity trade-off of MMR re-ranking (1 = relevance only)")
+    overfetch: int = _doc(5, "candidates fetched per list slot, so filtering still fills the list")
+    popularity_half_life_h: float = _doc(168.0, "half-life of category popularity, hours")
+    covis_window: int = _doc(10, "recent events of a visitor that count as co-visited")
+    covis_neighbours: int = _doc(50, "co-visited neighbours kept per item")
+    weight_ann: float = _doc(1.0, "weight of embedding-neighbour candidates in the blend")
+    weight_covis: float = _doc(1.0, "weight of co-visitation candidates in the blend")
+    weight_popular: float = _doc(0.3, "weight of category popularity candidates in the blend")
+    scope_to_page_category: bool = _doc(False, "restrict lists to the page's category and its siblings")
+    attribute_boosts: str = _doc("", "comma-separated attr=value:multiplier boosts, e.g. brand=Acme:1.2")
+
+    # --- index ---
+    exact_index_max_items: int = _doc(50_000, "below this catalogue size exact search is used (measured)")
+    annoy_n_trees: int = _doc(50, "annoy trees")
+    annoy_search_k: int = _doc(2000, "annoy search_k per query")
+    delta_rebuild_items: int = _doc(1000, "items added since the last build that trigger a background rebuild")
+    seed: int = _doc(42, "seed of every random choice (annoy build, simulation, training)")
+
+    # --- local broker ---
+    kafka_version: str = _doc("4.1.1", "Apache Kafka version of the local broker (Maven artifact kafka_2.13)")
+    broker_port: int = _doc(9092, "port of the local broker on 127.0.0.1")
+    controller_port: int = _doc(9093, "KRaft controller port of the local broker")
+    broker_heap: str = _doc("512m", "JVM heap of the local broker")
+
+    def masked(self) -> dict[str, Any]:
+        """Values safe to print or log: secrets replaced by '***'."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        return out
+
+    def __repr__(self) -> str:  # never leak secrets through logs or tracebacks
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.masked().items())
+        return f"Settings({inner})"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection and security arguments shared by every aiokafka client we create."""
+        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+        if self.security_protocol != "PLAINTEXT":
+            kw["security_protocol"] = self.security_protocol
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile or None,
+                certfile=self.ssl_certfile or None,
+                keyfile=self.ssl_keyfile or None,
+                password=self.ssl_password or None,
+            )
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password
+        return kw
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_docs(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, env variable, default, doc) for every setting, in declaration order."""
+        rows = []
+        for f in fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            rows.append((f.name, ENV_PREFIX + f.name.upper(), default, f.metadata.get("doc", "")))
+        return rows
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from defaults, then a TOML file, then the environment, then `overrides`."""
+        env = dict(os.environ) if env is None else env
+        values: dict[str, Any] = {}
+        config_file = config_file or env.get(ENV_PREFIX + "CONFIG") or None
+        known = {f.name: f for f in fields(cls)}
+        if config_file:
+            path = Path(config_file)
+            try:
+                data = tomllib.loads(path.read_text())
+            except FileNotFoundError as exc:
+                raise SettingsError(f"config file not found: {path}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+            for key, value in data.items():
+                if key not in known:
+                    raise SettingsError(f"unknown setting {key!r} in {path}")
+                values[key] = _coerce(known[key], value, source=str(path))
+        for name, f in known.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _coerce(f, raw, source=ENV_PREFIX + name.upper())
+        for key, value in overrides.items():
+            if key not in known:
+                raise SettingsError(f"unknown setting {key!r}")
+            if value is not None:
+                values[key] = _coerce(known[key], value, source="override")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.list_size < 1:
+            raise SettingsError("list_size must be >= 1")
+        if self.embedding_dim < 2:
+            raise SettingsError("embedding_dim must be >= 2")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise SettingsError("mmr_lambda must be within [0, 1]")
+        if self.max_interests < 1:
+            raise SettingsError("max_interests must be >= 1")
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise SettingsError(f"security_protocol {self.security_protocol!r} is not supported")
+        if self.sasl_mechanism not in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise SettingsError(f"sasl_mechanism {self.sasl_mechanism!r} is not supported")
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
+    typ = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if typ == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(str(value).replace("_", ""))
+        if typ == "float":
+            return float(value)
+        return str(value)
+    except ValueError as exc:
+        raise SettingsError(f"{f.name} from {source}: {value!r} is not a valid {typ}") from exc
