@@ -104,9 +104,25 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int) -> None:
 
 @cli.command("config")
 @click.option("--doc", is_flag=True, help="Show each setting's environment variable and meaning.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "toml"]), default="text",
+              help="markdown: the README's table of defaults; toml: a commented example config file.")
 @click.pass_obj
-def config_cmd(state: CliState, doc: bool) -> None:
-    """Print the effective settings (secrets masked)."""
+def config_cmd(state: CliState, doc: bool, fmt: str) -> None:
+    """Print the effective settings (secrets masked), or document the defaults."""
+    if fmt == "markdown":
+        click.echo("| setting | env variable | default | meaning |\n|---|---|---|---|")
+        for name, env, default, text in Settings.field_docs():
+            shown = "(user cache dir)/stream-reco" if name == "data_dir" else default
+            click.echo(f"| {name} | `{env}` | `{shown!r}` | {text} |")
+        return
+    if fmt == "toml":
+        click.echo("# stream_reco settings: every key is optional; the values shown are the defaults.")
+        click.echo("# Use with `stream-reco --config FILE` or STREAM_RECO_CONFIG=FILE; env variables win.")
+        for name, env, default, text in Settings.field_docs():
+            shown = "~/.cache/stream-reco" if name == "data_dir" else default
+            value = str(shown).lower() if isinstance(shown, bool) else repr(shown).replace("'", '"')
+            click.echo(f"\n# {text} ({env})\n# {name} = {value}")
+        return
     values = state.settings.masked()
     for name, env, default, text in Settings.field_docs():
         line = f"{name} = {values[name]!r}"

@@ -68,6 +68,11 @@ class Settings:
     broker_session_timeout_s: float = _doc(10.0, "consumer group session timeout; rebalances take ~half")
     web_port: int = _doc(6066, "HTTP port of the worker (GET /recommendations/{id}); 0 disables it")
     dedup_window: int = _doc(64, "recent event_ids kept per visitor to drop redelivered duplicates")
+    web_host: str = _doc("127.0.0.1", "address the worker's HTTP server binds (0.0.0.0 inside containers)")
+    commit_interval_s: float = _doc(1.0, "how often processed offsets are committed")
+    producer_linger_ms: int = _doc(1, "producer batching delay; small keeps lists fresh")
+    model_poll_s: float = _doc(5.0, "how often a worker looks for a newer model artifact (hot swap)")
+    catalog_wait_s: float = _doc(30.0, "at start, longest wait for the catalog topic to be read before events")
 
     # --- recommendation model ---
     embedding_dim: int = _doc(64, "item and visitor embedding dimension")
@@ -106,6 +111,19 @@ class Settings:
     broker_port: int = _doc(9092, "port of the local broker on 127.0.0.1")
     controller_port: int = _doc(9093, "KRaft controller port of the local broker")
     broker_heap: str = _doc("512m", "JVM heap of the local broker")
+    broker_sasl_port: int = _doc(
+        0, "extra SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256/512) of the local broker; 0 = off. "
+        "Its one user is sasl_username / sasl_password")
+
+    # --- training and evaluation ---
+    shared_data_dir: str = _doc("", "folder of the shared evaluation data sets (empty: ../shared/data beside the repo)")
+    train_ppmi_smoothing: float = _doc(0.75, "context-distribution smoothing exponent of the training PPMI matrix")
+    train_cold_interactions: float = _doc(5.0, "interactions at which an item vector is half co-occurrence, half content")
+    train_build_annoy: bool = _doc(False, "prebuild the annoy index into the model artifact")
+    eval_list_k: int = _doc(20, "length of the lists the evaluation asks for (the protocol's K)")
+    eval_train_fraction: float = _doc(0.8, "share of the log, by time, that every method learns from before the test")
+    eval_rpop_half_life_h: float = _doc(0.0, "half-life of the RPOP baseline, hours (0: the dataset's convention)")
+    eval_sample_visitors: int = _doc(300, "visitors whose lists are compared for the personalisation measure")
 
     def masked(self) -> dict[str, Any]:
         """Values safe to print or log: secrets replaced by '***'."""
@@ -146,6 +164,14 @@ class Settings:
             kw["sasl_plain_username"] = self.sasl_username
             kw["sasl_plain_password"] = self.sasl_password
         return kw
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as STREAM_RECO_* variables, to hand to a child process (worker, tools)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,453 @@
+"""Everything the recommender keeps per visitor, and how one event changes it.
+
+A `VisitorState` is pure data plus the rules that update it; it never looks anything up itself. The
+caller (the recommender) passes in the item's vector and category, so the state can be replayed, merged,
+serialised and tested without a catalogue. Memory per visitor is bounded by the caps in the settings
+(history, owned items, interests, dedup window), so a worker's table grows with visitors, not with events.
+
+Interests: one averaged visitor vector lands *between* two interests, where neither ANN recall nor
+relevance is good (annoy recall 0.998 on one-interest queries vs 0.906 on averaged two-interest ones,
+stack-findings.md). So a visitor holds up to `max_interests` unit vectors, each the decayed, weighted
+mean of the items that fell into its region of item space; an item unlike every interest opens a new
+one, and when all slots are taken the two closest interests merge to make room.
+
+Serialisation is orjson with short keys and vectors as base64 float32, so the bytes a faust changelog
+stores stay small and round-trip exactly (no pickle anywhere).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream_reco.core.events import CATEGORY_SEP, Event
+from stream_reco.settings import Settings
+
+#: compact codes of event types in the stored history (keeps to_bytes small)
+EVENT_CODES: dict[str, int] = {"view": 0, "add_to_cart": 1, "purchase": 2, "dismiss": 3}
+CODE_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
+#: codes of the events that express interest (a dismissal does not)
+POSITIVE_CODES = frozenset({0, 1, 2})
+
+#: version of the serialised layout; from_bytes rejects anything else
+STATE_FORMAT = 1
+MS_PER_HOUR = 3_600_000
+MS_PER_SECOND = 1000
+MS_PER_DAY = 86_400_000
+#: an interest whose decayed weight falls below this is forgotten (about 10 half-lives of one view)
+MIN_INTEREST_WEIGHT = 1e-3
+#: vectors shorter than this are treated as "no direction" (unknown item, fully cancelled interest)
+MIN_NORM = 1e-6
+
+
+class StateError(ValueError):
+    """Stored visitor state bytes cannot be read back."""
+
+
+def decay_factor(dt_ms: float, half_life_ms: float) -> float:
+    """Exponential decay over `dt_ms`; time running backwards (out-of-order events) never grows weights."""
+    if dt_ms <= 0 or half_life_ms <= 0:
+        return 1.0
+    return float(0.5 ** (dt_ms / half_life_ms))
+
+
+def event_weight(settings: Settings, event_type: str) -> float:
+    """Pull of one event on the visitor's interests (negative for a dismissal), from the settings."""
+    return float(getattr(settings, f"weight_{event_type}", settings.weight_view))
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    n = float(np.linalg.norm(v))
+    if not math.isfinite(n) or n < MIN_NORM:
+        return None
+    return (v / n).astype(np.float32)
+
+
+def _b64(v: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
+
+
+@dataclass(slots=True)
+class Interest:
+    """One region of item space a visitor cares about: a unit centroid and a decayed weight."""
+
+    vector: np.ndarray  # unit float32 [dim]
+    weight: float  # decayed weight as of `updated_at`
+    updated_at: int  # ms, event time of the last change
+    count: int = 1  # events that fed it (for tests, explanations and diagnostics)
+
+    def weight_at(self, now_ms: int, half_life_ms: float) -> float:
+        return self.weight * decay_factor(now_ms - self.updated_at, half_life_ms)
+
+    def decay_to(self, now_ms: int, half_life_ms: float) -> None:
+        if now_ms > self.updated_at:
+            self.weight = self.weight_at(now_ms, half_life_ms)
+            self.updated_at = now_ms
+
+    def absorb(self, vector: np.ndarray, weight: float, count: int = 1) -> None:
+        """Move the centroid towards `vector` in proportion to `weight` (the weighted running mean)."""
+        total = self.weight + weight
+        merged = _unit(self.vector * self.weight + vector * weight)
+        if merged is not None:
+            self.vector = merged
+        self.weight = total
+        self.count += count
+
+
+def update_interests(
+    interests: list[Interest],
+    vector: np.ndarray,
+    weight: float,
+    timestamp: int,
+    settings: Settings,
+) -> None:
+    """Fold one item vector with a signed weight into the interest list, in place.
+
+    Positive weight: join the most similar interest when it is similar enough
+    (`interest_split_cosine`), else open a new interest; when `max_interests` are taken, first merge
+    the two most similar interests if they are closer to each other than the item is to any of them,
+    otherwise the item joins its nearest interest. Negative weight (a dismissal): push the nearest
+    interest that points towards the item away from it, without adding weight.
+    """
+    half_life = settings.interest_half_life_h * MS_PER_HOUR
+    for it in interests:
+        it.decay_to(timestamp, half_life)
+    interests[:] = [it for it in interests if it.weight >= MIN_INTEREST_WEIGHT]
+    if weight == 0:
+        return
+    sims = np.array([float(it.vector @ vector) for it in interests], dtype=np.float64)
+    best = int(np.argmax(sims)) if len(interests) else -1
+    if weight < 0:
+        if best >= 0 and sims[best] > 0:
+            it = interests[best]
+            pushed = _unit(it.vector * it.weight + vector * weight * sims[best])
+            if pushed is not None:
+                it.vector = pushed
+            it.updated_at = max(it.updated_at, timestamp)
+        return
+    if best >= 0 and sims[best] >= settings.interest_split_cosine:
+        interests[best].absorb(vector, weight)
+        interests[best].updated_at = max(interests[best].updated_at, timestamp)
+        return
+    if len(interests) >= settings.max_interests:
+        pair = _closest_pair(interests)
+        if pair is not None and pair[2] > sims[best]:
+            i, j, _ = pair
+            keep, gone = interests[i], interests[j]
+            keep.absorb(gone.vector, gone.weight, gone.count)
+            del interests[j]
+        else:
+            interests[best].absorb(vector, weight)
+            interests[best].updated_at = max(interests[best].updated_at, timestamp)
+            return
+    interests.append(Interest(vector=vector.astype(np.float32), weight=weight, updated_at=timestamp, count=1))
+
+
+def _closest_pair(interests: list[Interest]) -> tuple[int, int, float] | None:
+    """The two most similar interests (i < j) and their cosine; ties go to the lower indices."""
+    if len(interests) < 2:
+        return None
+    m = np.stack([it.vector for it in interests])
+    sim = m @ m.T
+    np.fill_diagonal(sim, -np.inf)
+    flat = int(np.argmax(sim))
+    i, j = divmod(flat, len(interests))
+    return min(i, j), max(i, j), float(sim[i, j])
+
+
+def _cap_recent(d: dict[str, int], key: str, ts: int, cap: int) -> None:
+    """Insert or refresh `key` as most recent, then drop the oldest entries beyond `cap`."""
+    d.pop(key, None)
+    d[key] = ts
+    while len(d) > cap:
+        del d[next(iter(d))]
+
+
+@dataclass
+class VisitorState:
+    """Everything kept about one visitor (a user, or an anonymous session until it logs in)."""
+
+    user_id: str | None = None
+    session_id: str | None = None
+    session_start: int = 0  # ms; history entries at or after it belong to the current session
+    last_seen: int = 0  # ms, latest event time
+    page_category: str | None = None  # page category of the latest event that had one
+    #: recent interactions, oldest first: (item_id, timestamp ms, event code)
+    history: list[tuple[str, int, int]] = field(default_factory=list)
+    #: in-session interaction counts per category path (from the catalogue, or the event's page)
+    session_categories: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # every item interacted with -> last time (capped)
+    purchased: dict[str, int] = field(default_factory=dict)  # item -> last purchase time
+    dismissed: dict[str, int] = field(default_factory=dict)  # item -> dismissal time
+    purchase_categories: dict[str, int] = field(default_factory=dict)  # category path -> last purchase
+    interests: list[Interest] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)  # recent event ids, to drop duplicates
+    n_events: int = 0
+    n_unknown: int = 0  # events whose item the catalogue did not know at the time
+
+    # --- reading ---
+
+    def has_seen_event(self, event_id: str) -> bool:
+        return event_id in self.event_ids
+
+    def session_active(self, now_ms: int, settings: Settings) -> bool:
+        return self.n_events > 0 and now_ms - self.last_seen <= settings.session_gap_s * MS_PER_SECOND
+
+    def session_history(self, now_ms: int, settings: Settings) -> list[tuple[str, int, int]]:
+        """Interactions of the current session, oldest first; empty once the session has timed out."""
+        if not self.session_active(now_ms, settings):
+            return []
+        return [h for h in self.history if h[1] >= self.session_start]
+
+    def session_category_counts(self, now_ms: int, settings: Settings) -> dict[str, int]:
+        return dict(self.session_categories) if self.session_active(now_ms, settings) else {}
+
+    def recent_items(self, n: int, positive_only: bool = True) -> list[tuple[str, int, int]]:
+        """The last `n` distinct items, most recent first, as (item_id, timestamp, code)."""
+        out: list[tuple[str, int, int]] = []
+        taken: set[str] = set()
+        for h in reversed(self.history):
+            if h[0] in taken or (positive_only and h[2] not in POSITIVE_CODES):
+                continue
+            taken.add(h[0])
+            out.append(h)
+            if len(out) >= n:
+                break
+        return out
+
+    def suppressed_categories(self, now_ms: int, settings: Settings) -> list[str]:
+        """Category paths of purchases within `purchase_suppress_days` (sorted, so deterministic)."""
+        window = settings.purchase_suppress_days * MS_PER_DAY
+        return sorted(c for c, t in self.purchase_categories.items() if now_ms - t < window)
+
+    def interest_weights(self, now_ms: int, settings: Settings) -> list[float]:
+        half_life = settings.interest_half_life_h * MS_PER_HOUR
+        return [it.weight_at(now_ms, half_life) for it in self.interests]
+
+    def profile_vector(self, now_ms: int, settings: Settings) -> np.ndarray | None:
+        """The single long-term embedding: the weight-averaged interests (unit), None without any."""
+        if not self.interests:
+            return None
+        w = np.asarray(self.interest_weights(now_ms, settings), dtype=np.float32)
+        return _unit(w @ np.stack([it.vector for it in self.interests]))
+
+    # --- writing ---
+
+    def apply(
+        self,
+        event: Event,
+        settings: Settings,
+        vector: np.ndarray | None = None,
+        category: str | None = None,
+    ) -> None:
+        """Record one (non-duplicate) event.
+
+        `vector` is the item's unit vector (None when the catalogue does not know the item yet: the event
+        still counts and stays in the history, it only moves no interest); `category` is the item's
+        category path, or None to fall back on the event's page category.
+        """
+        ts = int(event.timestamp)
+        code = EVENT_CODES.get(event.event_type, EVENT_CODES["view"])
+        self._roll_session(event, settings)
+        if event.user_id:
+            self.user_id = event.user_id
+        if event.session_id:
+            self.session_id = event.session_id
+        if event.page_category:
+            self.page_category = event.page_category
+        category = category or event.page_category or None
+        self.last_seen = max(self.last_seen, ts)
+        self.n_events += 1
+        if vector is None:
+            self.n_unknown += 1
+
+        self.event_ids.append(event.event_id)
+        if len(self.event_ids) > settings.dedup_window:
+            del self.event_ids[: len(self.event_ids) - settings.dedup_window]
+        self.history.append((event.item_id, ts, code))
+        if len(self.history) > settings.history_cap:
+            del self.history[: len(self.history) - settings.history_cap]
+        _cap_recent(self.seen, event.item_id, ts, settings.owned_cap)
+
+        if code in POSITIVE_CODES and category:
+            self.session_categories[category] = self.session_categories.get(category, 0) + 1
+        if event.event_type == "purchase":
+            _cap_recent(self.purchased, event.item_id, ts, settings.owned_cap)
+            if category:
+                _cap_recent(self.purchase_categories, category, ts, settings.owned_cap)
+        elif event.event_type == "dismiss":
+            _cap_recent(self.dismissed, event.item_id, ts, settings.owned_cap)
+        self._forget_old_purchase_categories(settings)
+
+        if vector is not None:
+            update_interests(self.interests, vector, event_weight(settings, event.event_type), ts, settings)
+
+    def _roll_session(self, event: Event, settings: Settings) -> None:
+        """Start a new session after `session_gap_s` of inactivity or when the session id changes."""
+        ts = int(event.timestamp)
+        new_id = event.session_id is not None and self.session_id is not None and event.session_id != self.session_id
+        timed_out = self.n_events > 0 and ts - self.last_seen > settings.session_gap_s * MS_PER_SECOND
+        if self.n_events == 0 or new_id or timed_out:
+            self.session_start = ts
+            self.session_categories = {}
+
+    def _forget_old_purchase_categories(self, settings: Settings) -> None:
+        window = settings.purchase_suppress_days * MS_PER_DAY
+        for c in [c for c, t in self.purchase_categories.items() if self.last_seen - t >= window]:
+            del self.purchase_categories[c]
+
+    def merge(self, other: VisitorState, settings: Settings) -> None:
+        """Join an anonymous session's state into this (user) state, e.g. on login.
+
+        Histories interleave by time (then capped), owned-item sets and dedup ids are united, the other
+        side's interests are folded in one by one (so the interest cap holds), and when the session is
+        the latest activity it becomes this visitor's current session.
+        """
+        if other.n_events == 0:
+            return
+        half_life = settings.interest_half_life_h * MS_PER_HOUR
+        merged_history = sorted(self.history + other.history, key=lambda h: h[1])  # stable: ties keep order
+        self.history = merged_history[-settings.history_cap :]
+        for src, dst in (
+            (other.seen, self.seen),
+            (other.purchased, self.purchased),
+            (other.dismissed, self.dismissed),
+            (other.purchase_categories, self.purchase_categories),
+        ):
+            for key, ts in sorted(src.items(), key=lambda kv: (kv[1], kv[0])):
+                if ts >= dst.get(key, ts):
+                    _cap_recent(dst, key, ts, settings.owned_cap)
+                else:
+                    dst.setdefault(key, ts)
+        ids = self.event_ids + [e for e in other.event_ids if e not in self.event_ids]
+        self.event_ids = ids[-settings.dedup_window :]
+        now = max(self.last_seen, other.last_seen)
+        for it in other.interests:
+            update_interests(self.interests, it.vector, it.weight_at(now, half_life), now, settings)
+        if other.last_seen >= self.last_seen:  # the session is the latest activity: it is the current one
+            if self.session_id is not None and self.session_id == other.session_id:
+                for c, n in other.session_categories.items():
+                    self.session_categories[c] = self.session_categories.get(c, 0) + n
+                self.session_start = min(self.session_start, other.session_start)
+            else:
+                self.session_categories = dict(other.session_categories)
+                self.session_start = other.session_start
+            self.session_id = other.session_id or self.session_id
+            self.page_category = other.page_category or self.page_category
+        self.last_seen = now
+        self.user_id = self.user_id or other.user_id
+        self.n_events += other.n_events
+        self.n_unknown += other.n_unknown
+        self._forget_old_purchase_categories(settings)
+
+    # --- serialisation ---
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict with short keys (vectors as base64 float32, so they round-trip exactly)."""
+        d: dict[str, Any] = {
+            "f": STATE_FORMAT,
+            "u": self.user_id,
+            "s": self.session_id,
+            "ss": self.session_start,
+            "ls": self.last_seen,
+            "h": [list(h) for h in self.history],
+            "n": self.n_events,
+        }
+        optional = {
+            "pg": self.page_category,
+            "sc": self.session_categories,
+            "sn": self.seen,
+            "p": self.purchased,
+            "d": self.dismissed,
+            "pc": self.purchase_categories,
+            "i": [[_b64(it.vector), it.weight, it.updated_at, it.count] for it in self.interests],
+            "e": self.event_ids,
+            "nu": self.n_unknown,
+        }
+        d.update({k: v for k, v in optional.items() if v})
+        return d
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VisitorState:
+        if d.get("f") != STATE_FORMAT:
+            raise StateError(f"unsupported visitor state format {d.get('f')!r}")
+        return cls(
+            user_id=d.get("u"),
+            session_id=d.get("s"),
+            session_start=int(d.get("ss", 0)),
+            last_seen=int(d.get("ls", 0)),
+            page_category=d.get("pg"),
+            history=[(str(h[0]), int(h[1]), int(h[2])) for h in d.get("h", ())],
+            session_categories={str(k): int(v) for k, v in d.get("sc", {}).items()},
+            seen={str(k): int(v) for k, v in d.get("sn", {}).items()},
+            purchased={str(k): int(v) for k, v in d.get("p", {}).items()},
+            dismissed={str(k): int(v) for k, v in d.get("d", {}).items()},
+            purchase_categories={str(k): int(v) for k, v in d.get("pc", {}).items()},
+            interests=[
+                Interest(vector=_unb64(v), weight=float(w), updated_at=int(t), count=int(c))
+                for v, w, t, c in d.get("i", ())
+            ],
+            event_ids=[str(e) for e in d.get("e", ())],
+            n_events=int(d.get("n", 0)),
+            n_unknown=int(d.get("nu", 0)),
+        )
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> VisitorState:
+        try:
+            return cls.from_dict(orjson.loads(b))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, StateError):
+                raise
+            raise StateError(f"cannot read visitor state: {exc}") from exc
+
+    def approx_memory_bytes(self) -> int:
+        """Rough in-memory size (objects reachable from this state), for benchmarks and reports."""
+        return _deep_size(self)
+
+
+def leaf_of(category_path: str) -> str:
+    """The last part of a category path ("Furniture/Living room/Sofas" -> "Sofas")."""
+    return category_path.rsplit(CATEGORY_SEP, 1)[-1]
+
+
+def parent_of(category_path: str) -> str:
+    """The parent path ("Furniture/Living room/Sofas" -> "Furniture/Living room"; top level -> "")."""
+    return category_path.rsplit(CATEGORY_SEP, 1)[0] if CATEGORY_SEP in category_path else ""
+
+
+def _deep_size(obj: object, _seen: set[int] | None = None) -> int:
+    import sys
+
+    seen = _seen if _seen is not None else set()
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, np.ndarray):
+        return size if obj.base is None else size + obj.nbytes
+    children: Iterable[object]
+    if isinstance(obj, dict):
+        children = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list | tuple | set | frozenset):
+        children = obj
+    elif hasattr(obj, "__dataclass_fields__"):
+        children = [getattr(obj, f) for f in obj.__dataclass_fields__]
+        if hasattr(obj, "__dict__"):
+            size += sys.getsizeof(obj.__dict__)
+    else:
+        children = ()
+    return size + sum(_deep_size(c, seen) for c in children)

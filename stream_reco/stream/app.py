@@ -1,0 +1,338 @@
+"""The faust adapter: wires Kafka topics, a changelogged table and agents to the pure core.
+
+Nothing here decides what to recommend; it only moves bytes between Kafka and
+`stream_reco.core.recommender.Recommender`:
+
+    shop.events --(take_events: batch within coalesce_ms)--> decode+validate --bad--> reco.dead-letter
+                                                              |
+                                              Recommender.observe(event)   (visitor state -> table + changelog)
+                                                              |
+                        one Recommender.recommendation() per visitor in the batch --> reco.recommendations
+    shop.catalog --(every worker reads every partition)--> Recommender.upsert_item(item)
+
+Design choices, and why:
+- Events are consumed as raw bytes and validated here, so a malformed message becomes a dead-letter record
+  instead of a crashed agent (faust's own deserialisation would raise inside the stream).
+- `take_events` batches what arrived within `coalesce_ms`: a burst from one visitor yields one list that
+  reflects all of it, and offsets are acknowledged only after the batch's lists were handed to the producer.
+- Visitor state lives in a faust table with a changelog topic (`<app_id>-visitors-changelog`), so a
+  restarted or rebalanced worker recovers it. The table stores the core's compact `VisitorState.to_bytes()`.
+  Writes go through `Table.send_changelog` with the event's own partition, because in a batch faust's
+  "current event" is not the event whose state is being written.
+- The catalog is read by a plain aiokafka consumer without a group, from the beginning, on every worker:
+  every worker needs every item, and the catalog topic is compacted so this stays cheap.
+- The events topic is already keyed by visitor: no `group_by`, so no repartition hop (stack-findings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from stream_reco import schemas
+from stream_reco.core.events import Event
+from stream_reco.core.recommender import Recommender
+from stream_reco.core.state import VisitorState
+from stream_reco.model import artifact as model_artifact
+from stream_reco.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "stream-reco worker ready"
+VISITORS_TABLE = "visitors"
+STATS_INTERVAL_S = 10.0
+
+
+def faust_broker_url(settings: Settings) -> str:
+    return ";".join(f"kafka://{s}" for s in settings.bootstrap_servers)
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """faust's credentials object for the configured security protocol (None for PLAINTEXT)."""
+    kw = settings.kafka_client_kwargs()
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=kw.get("ssl_context"),
+        )
+    if "ssl_context" in kw:
+        return faust.SSLCredentials(kw["ssl_context"])
+    return None
+
+
+class TableStore:
+    """The core's `VisitorStore` backed by a faust table, so visitor state has a changelog.
+
+    `partition` is set by the agent to the partition of the event being applied: state for that event's
+    visitor is written to the matching changelog partition. Other keys (a session joined to a user on
+    login) are placed with Kafka's default partitioner, as a shop's producer would key them.
+    """
+
+    def __init__(self, table: Any, partitions: int) -> None:
+        self.table = table
+        self.partitions = list(range(partitions))
+        self.partition: int | None = None
+        self.current_key: str | None = None
+        self._partitioner = DefaultPartitioner()
+
+    def get(self, key: str) -> VisitorState | None:
+        raw = self.table.data.get(key.encode())
+        return VisitorState.from_bytes(raw) if raw else None
+
+    def put(self, key: str, state: VisitorState) -> None:
+        kb = key.encode()
+        value = state.to_bytes()
+        self.table.data[kb] = value
+        self.table.send_changelog(self._partition_for(key, kb), kb, value)
+
+    def delete(self, key: str) -> None:
+        kb = key.encode()
+        if self.table.data.pop(kb, None) is not None:
+            self.table.send_changelog(self._partition_for(key, kb), kb, None)
+
+    def _partition_for(self, key: str, kb: bytes) -> int:
+        if key == self.current_key and self.partition is not None:
+            return self.partition
+        return self._partitioner(kb, self.partitions, self.partitions)
+
+    def __len__(self) -> int:
+        return len(self.table.data)
+
+
+class WorkerStats:
+    """Counters a worker logs periodically and tests and benchmarks read."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.counts, "uptime_s": round(time.monotonic() - self.started, 1)}
+
+
+class RecoWorker:
+    """One faust app with its topics, table, agents and the core recommender."""
+
+    def __init__(self, settings: Settings, recommender: Recommender | None = None) -> None:
+        self.settings = settings
+        self.stats = WorkerStats()
+        self.catalog_ready = asyncio.Event()
+        self.model_path: Path | None = None
+        self.latest_lists: dict[str, bytes] = {}
+        self.app = faust.App(
+            settings.app_id,
+            broker=faust_broker_url(settings),
+            broker_credentials=faust_credentials(settings),
+            store="memory://",
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            broker_session_timeout=settings.broker_session_timeout_s,
+            broker_heartbeat_interval=max(settings.broker_session_timeout_s / 10.0, 0.5),
+            broker_commit_interval=settings.commit_interval_s,
+            producer_linger_ms=settings.producer_linger_ms,
+            producer_max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
+            consumer_max_fetch_size=max(settings.max_message_bytes * 2, 1_048_576),
+            consumer_auto_offset_reset="earliest",
+            stream_wait_empty=False,
+            web_enabled=settings.web_port > 0,
+            web_port=settings.web_port or 6066,
+            web_bind=settings.web_host,
+            datadir=str(settings.data_path / "faust" / settings.app_id),
+        )
+        self.events_topic = self.app.topic(
+            settings.events_topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        self.recommendations_topic = self.app.topic(
+            settings.recommendations_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.dead_letter_topic = self.app.topic(
+            settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.visitors = self.app.Table(
+            VISITORS_TABLE,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        self.store = TableStore(self.visitors, settings.partitions)
+        self.recommender = recommender or Recommender(settings, store=self.store)
+        self.app.agent(self.events_topic, name="stream_reco.process_events")(self._process_events)
+        self.app.task(self._consume_catalog)
+        self.app.timer(settings.model_poll_s)(self._watch_model)
+        self.app.timer(STATS_INTERVAL_S)(self._log_stats)
+        if settings.web_port > 0:
+            self.app.page("/recommendations/{visitor}")(self._recommendations_view)
+
+    # --- events ---------------------------------------------------------------------------------------
+    async def _process_events(self, stream: Any) -> None:
+        await self._wait_catalog()
+        within = self.settings.coalesce_ms / 1000.0
+        async for batch in stream.take_events(self.settings.batch_size, within=within):
+            await self.handle_batch(batch)
+
+    async def handle_batch(self, batch: Sequence[Any]) -> None:
+        """Apply every event of the batch in order, then publish one list per visitor touched."""
+        triggers: dict[str, Event] = {}
+        max_bytes = self.settings.max_message_bytes
+        for fevent in batch:
+            msg = fevent.message
+            raw = fevent.value if isinstance(fevent.value, bytes | bytearray) else bytes(fevent.value or b"")
+            try:
+                event = schemas.decode_event(raw, max_bytes=max_bytes)
+            except schemas.InvalidMessage as exc:
+                await self._dead_letter(msg, raw, exc)
+                continue
+            self.store.current_key = event.visitor_key
+            self.store.partition = msg.partition
+            if not self.recommender.observe(event):
+                self.stats.counts["duplicates"] += 1
+                continue
+            self.stats.counts["events"] += 1
+            triggers[event.visitor_key] = event
+        for key, event in triggers.items():
+            await self._publish(key, event)
+
+    async def _publish(self, key: str, trigger: Event) -> None:
+        rec = self.recommender.recommendation(key, now_ms=trigger.timestamp, trigger=trigger)
+        doc = rec.to_dict()
+        doc["generated_at"] = now_ms = int(time.time() * 1000)
+        doc["latency_ms"] = round(max(now_ms - trigger.timestamp, 0) + (time.time() * 1000 - now_ms), 3)
+        value = orjson.dumps(doc)
+        self.latest_lists[key] = value
+        await self.recommendations_topic.send(key=key.encode(), value=value)
+        self.stats.counts["lists"] += 1
+
+    async def _dead_letter(self, msg: Any, raw: bytes, exc: schemas.InvalidMessage | str) -> None:
+        record = schemas.dead_letter_record(
+            raw, exc, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            received_at=int(time.time() * 1000),
+        )
+        await self.dead_letter_topic.send(key=msg.key, value=orjson.dumps(record))
+        self.stats.counts["dead_letter"] += 1
+        log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, record["error"])
+
+    # --- catalog --------------------------------------------------------------------------------------
+    async def _consume_catalog(self) -> None:
+        """Read the whole catalog topic on every worker, then follow it; signal readiness once caught up."""
+        settings = self.settings
+        consumer = AIOKafkaConsumer(
+            **settings.kafka_client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=max(settings.max_message_bytes * 2, 1_048_576),
+            max_partition_fetch_bytes=max(settings.max_message_bytes * 2, 1_048_576),
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(settings.catalog_topic)
+            if not parts:
+                await consumer.topics()  # refresh metadata once
+                parts = consumer.partitions_for_topic(settings.catalog_topic) or {0}
+            tps = [TopicPartition(settings.catalog_topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            pending = {tp for tp, off in end.items() if off > 0}
+            if not pending:
+                self._mark_catalog_ready()
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.batch_size * 4)
+                for tp, messages in batches.items():
+                    for msg in messages:
+                        await self._apply_catalog(msg)
+                        if tp in pending and msg.offset + 1 >= end[tp]:
+                            pending.discard(tp)
+                if pending:
+                    for tp in list(pending):
+                        if await consumer.position(tp) >= end[tp]:
+                            pending.discard(tp)
+                if not pending and not self.catalog_ready.is_set():
+                    self._mark_catalog_ready()
+        finally:
+            await consumer.stop()
+
+    async def _apply_catalog(self, msg: Any) -> None:
+        raw = msg.value or b""
+        try:
+            item = schemas.decode_item(raw, max_bytes=self.settings.max_message_bytes)
+        except schemas.InvalidMessage as exc:
+            await self._dead_letter(msg, raw, exc)
+            return
+        self.recommender.upsert_item(item)
+        self.stats.counts["catalog_updates"] += 1
+
+    def _mark_catalog_ready(self) -> None:
+        self.catalog_ready.set()
+        log.info("catalog loaded: %d items", self.stats.counts["catalog_updates"])
+
+    async def _wait_catalog(self) -> None:
+        try:
+            await asyncio.wait_for(self.catalog_ready.wait(), timeout=self.settings.catalog_wait_s)
+        except TimeoutError:
+            log.warning("catalog not caught up after %.0f s; processing events anyway", self.settings.catalog_wait_s)
+        self.load_model_if_newer()
+        print(READY_LINE, flush=True)
+
+    # --- model hot swap -------------------------------------------------------------------------------
+    def _new_model_path(self) -> Path | None:
+        """The configured model's folder when it differs from the one in use, else None."""
+        try:
+            path = model_artifact.resolve(self.settings.model, self.settings.data_dir)
+        except model_artifact.ModelError as exc:
+            log.error("%s", exc)
+            return None
+        return None if path is None or path == self.model_path else path
+
+    def _swap_model(self, path: Path, art: model_artifact.ModelArtifact) -> None:
+        self.recommender.load_model(art)
+        self.model_path = path
+        self.stats.counts["model_swaps"] += 1
+        log.info("model %s in use (%d items)", art.version, len(art.item_ids))
+
+    def load_model_if_newer(self) -> bool:
+        """Load the configured model at start-up, before the first event is processed."""
+        path = self._new_model_path()
+        if path is None:
+            return False
+        self._swap_model(path, model_artifact.load(path))
+        return True
+
+    async def _watch_model(self) -> None:
+        """Hot swap: a newer artifact under the models folder (or a changed path) replaces the model."""
+        if not self.catalog_ready.is_set():
+            return
+        path = self._new_model_path()
+        if path is None:
+            return
+        # reading the artifact is file I/O: keep it off the event loop; the swap itself is one assignment
+        art = await asyncio.get_running_loop().run_in_executor(None, model_artifact.load, path)
+        self._swap_model(path, art)
+
+    async def _log_stats(self) -> None:
+        log.info("stats %s", self.stats.snapshot())
+
+    async def _recommendations_view(self, web: Any, request: Any, visitor: str) -> Any:
+        value = self.latest_lists.get(visitor)
+        if value is None:
+            return web.json({"error": f"no list published by this worker for {visitor!r}"}, status=404)
+        return web.bytes(value, content_type="application/json")

@@ -1,0 +1,70 @@
+"""Creating the contract's topics with the partition counts and configs from the settings.
+
+Topics are created explicitly (the local broker disables auto-creation) because a topic auto-created by
+a producer gets one partition, which breaks faust's co-partitioning of tables with their source topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream_reco.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# the latest list per visitor is what matters: compaction keeps exactly that
+COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """The four contract topics. Events and recommendations share the partition count and key (the
+    visitor), so one visitor's events and lists stay on matching partitions."""
+    p, r = settings.partitions, settings.replication_factor
+    max_bytes = {"max.message.bytes": str(max(settings.max_message_bytes * 2, 1_048_588))}
+    return [
+        NewTopic(settings.events_topic, p, r, topic_configs=dict(max_bytes)),
+        NewTopic(settings.catalog_topic, p, r, topic_configs={**COMPACTED, **max_bytes}),
+        NewTopic(settings.recommendations_topic, p, r, topic_configs=dict(COMPACTED)),
+        NewTopic(settings.dead_letter_topic, p, r, topic_configs=dict(max_bytes)),
+    ]
+
+
+async def ensure_topics_async(settings: Settings, extra: list[NewTopic] | None = None) -> list[str]:
+    """Create whichever of the topics do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in [*topic_specs(settings), *(extra or [])] if t.name not in existing]
+        created = []
+        for topic in wanted:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:  # another worker won the race: fine
+                pass
+        if created:
+            log.info("created topics %s", created)
+        return created
+    finally:
+        await admin.close()
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    return asyncio.run(ensure_topics_async(settings))
+
+
+@click.command("topics")
+@click.pass_obj
+def topics_cmd(state: object) -> None:
+    """Create the events, catalog, recommendations and dead-letter topics if missing."""
+    settings: Settings = state.settings  # type: ignore[attr-defined]
+    created = ensure_topics(settings)
+    for spec in topic_specs(settings):
+        mark = "created" if spec.name in created else "exists"
+        click.echo(f"{spec.name}\t{spec.num_partitions} partitions\t{mark}")

@@ -1,0 +1,38 @@
+"""`stream-reco worker`: run one stream processing worker; start several to share the partitions."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from stream_reco.settings import Settings
+
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+
+
+def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+    """Create the topics if needed, then run the faust worker until SIGINT/SIGTERM."""
+    import faust
+
+    from stream_reco.stream.app import RecoWorker
+    from stream_reco.stream.topics import ensure_topics
+
+    ensure_topics(settings)
+    worker = RecoWorker(settings)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@click.command("worker")
+@click.option("--loglevel", type=click.Choice(LOG_LEVELS), default="warn", show_default=True,
+              help="faust and stream_reco log level.")
+@click.option("--web-port", type=int, default=None,
+              help="HTTP port for GET /recommendations/{id} (0 disables; env STREAM_RECO_WEB_PORT).")
+@click.pass_obj
+def worker_cmd(state: object, loglevel: str, web_port: int | None) -> None:
+    """Run a stream processing worker (several share the partitions of the events topic)."""
+    settings: Settings = state.settings  # type: ignore[attr-defined]
+    if web_port is not None:
+        settings = settings.replace(web_port=web_port)
+    logging.getLogger("stream_reco").setLevel(loglevel.upper().replace("CRIT", "CRITICAL").replace("WARN", "WARNING"))
+    run_worker(settings, loglevel=loglevel)
