@@ -101,7 +101,7 @@ def overlap(a: Sequence[str], b: Sequence[str], k: int) -> float:
 
 
 def personalisation(lists: Sequence[Sequence[str]], k: int) -> float:
-    """1 − mean pairwise overlap of lists of different visitors (1: every visitor sees different items)."""
+    """1 - mean pairwise overlap of lists of different visitors (1: every visitor sees different items)."""
     n = len(lists)
     if n < 2:
         return 0.0

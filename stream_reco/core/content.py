@@ -1,0 +1,213 @@
+"""Content vectors: where an item sits in embedding space before anyone has interacted with it.
+
+A worker without a trained model must still recommend, and a new item must be recommendable the moment
+the catalog announces it. Both need a vector derived from what the catalog says about the item:
+
+* **Feature hashing** (`ContentEncoder`). Each feature of an item (every prefix of its category path, its
+  price band, each attribute value) is hashed with blake2b into the seed of a numpy generator that draws
+  a random unit vector for that feature. An item's vector is the weighted sum of its features' vectors,
+  normalised. Random vectors in 64 dimensions are nearly orthogonal, so items that share features (same
+  leaf category, same brand) end up close and items that share nothing end up nearly orthogonal. The
+  hash is keyed by the settings' seed, never by Python's randomised `hash()`, so every worker and every
+  run computes the same vector for the same item.
+
+* **Projection into a trained space** (`FeatureProjector`). Once a model exists, hashed vectors live in
+  the wrong space: they say nothing about where the trained vectors of the item's peers are. The
+  projector therefore gives each feature the (normalised) mean of the trained vectors of the items that
+  carry it, the feature's *centroid*, and a new item gets the same weighted sum as above with centroids
+  in place of hashed vectors. A new phone thus lands on the centroid of the trained phones, pulled
+  towards its brand's trained items. We chose centroids over a least-squares map from content vectors
+  to trained vectors because centroids need no fitting step, update incrementally as catalog messages
+  arrive, cannot over-fit a feature seen on one item into a wild direction, and are easy to explain
+  ("placed among the other items of Phones / Acme"). Features never seen on a trained item contribute
+  nothing; an item none of whose features is known gets no projection and falls back to its hashed
+  content vector (a deterministic but uninformative direction).
+
+Deeper category levels weigh more than shallower ones, so the leaf dominates, yet items of sibling
+leaves still share their parents' vectors. A small identity term (hashed from the item id) makes items
+with identical attributes distinct, so equally good items are ordered by hash, not alphabetically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from stream_reco.core.events import CATEGORY_SEP, CatalogItem
+
+#: weight of the top category level; each level below adds `CATEGORY_DEPTH_STEP`, so the leaf dominates
+CATEGORY_TOP_WEIGHT = 1.0
+CATEGORY_DEPTH_STEP = 0.5
+#: weight of the price band (a cheap and an expensive item of the same leaf should still be close)
+PRICE_BAND_WEIGHT = 0.5
+#: total weight of all attributes, shared as 1/sqrt(n) each so many attributes do not drown the category
+ATTRIBUTES_TOTAL_WEIGHT = 1.0
+#: weight of the item's own hashed direction: breaks exact ties between otherwise identical items
+IDENTITY_WEIGHT = 0.25
+#: prices fall into bands of one factor of this base (2: 10-20, 20-40, ...); scale-free across currencies
+PRICE_BAND_BASE = 2.0
+#: distinct shared feature vectors kept in memory (identity vectors are never cached: one per item)
+FEATURE_CACHE_SIZE = 65_536
+#: vectors shorter than this have no direction
+MIN_NORM = 1e-12
+#: personalisation string of the feature hash, so our hashes never collide with another use of blake2b
+_HASH_PERSON = b"stream-reco"
+_HASH_BYTES = 8
+
+Feature = tuple[str, float]
+
+
+def price_band(price: float | None) -> str | None:
+    """The item's price band name (`None` when the catalog gives no price)."""
+    if price is None or not math.isfinite(price):
+        return None
+    if price <= 0:
+        return "free"
+    return str(math.floor(math.log(price, PRICE_BAND_BASE)))
+
+
+def item_features(item: CatalogItem) -> tuple[Feature, ...]:
+    """The shared (non-identity) features of an item with their weights, in a fixed order.
+
+    Category features are full path prefixes ("cat:Home/Kitchen"), so a leaf called "Accessories" under
+    Phones and under Cameras are different features. Attribute keys and values are case-folded.
+    """
+    feats: list[Feature] = []
+    for depth in range(len(item.category)):
+        path = CATEGORY_SEP.join(item.category[: depth + 1])
+        feats.append((f"cat:{path}", CATEGORY_TOP_WEIGHT + CATEGORY_DEPTH_STEP * depth))
+    band = price_band(item.price)
+    if band is not None:
+        feats.append((f"price:{band}", PRICE_BAND_WEIGHT))
+    if item.attributes:
+        weight = ATTRIBUTES_TOTAL_WEIGHT / math.sqrt(len(item.attributes))
+        for key in sorted(item.attributes):
+            value = item.attributes[key].strip().casefold()
+            feats.append((f"attr:{key.strip().casefold()}={value}", weight))
+    return tuple(feats)
+
+
+def hashed_vector(feature: str, dim: int, seed: int) -> np.ndarray:
+    """A random unit vector determined only by (feature, dim, seed): blake2b -> numpy generator seed."""
+    digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=_HASH_BYTES, person=_HASH_PERSON).digest()
+    rng = np.random.default_rng([seed, int.from_bytes(digest, "little")])
+    v = rng.standard_normal(dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+@lru_cache(maxsize=FEATURE_CACHE_SIZE)
+def _cached_feature_vector(feature: str, dim: int, seed: int) -> np.ndarray:
+    v = hashed_vector(feature, dim, seed)
+    v.flags.writeable = False  # shared between callers: nobody may change it in place
+    return v
+
+
+def normalise(v: np.ndarray) -> np.ndarray | None:
+    """`v` scaled to unit length as float32, or None when it has no direction or is not finite."""
+    norm = float(np.linalg.norm(v))
+    if not math.isfinite(norm) or norm < MIN_NORM:
+        return None
+    return (v / norm).astype(np.float32)
+
+
+class ContentEncoder:
+    """Deterministic content vectors from catalog attributes (see the module docstring)."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        self.dim = dim
+        self.seed = seed
+
+    def feature_vector(self, feature: str) -> np.ndarray:
+        """The hashed unit vector of a shared feature (cached, read-only)."""
+        return _cached_feature_vector(feature, self.dim, self.seed)
+
+    def identity_vector(self, item_id: str) -> np.ndarray:
+        """The hashed unit vector of the item itself (not cached: there is one per item)."""
+        return hashed_vector(f"id:{item_id}", self.dim, self.seed)
+
+    def encode(self, item: CatalogItem, features: Sequence[Feature] | None = None) -> np.ndarray:
+        """The unit float32 content vector of `item` (`features`: its `item_features`, if already known)."""
+        feats = item_features(item) if features is None else features
+        acc = IDENTITY_WEIGHT * self.identity_vector(item.item_id).astype(np.float64)
+        for name, weight in feats:
+            acc += weight * self.feature_vector(name)
+        out = normalise(acc)
+        # the identity term alone is a unit vector, so a sum can only vanish by exact cancellation
+        return out if out is not None else self.identity_vector(item.item_id)
+
+    def encode_many(self, items: Iterable[CatalogItem]) -> np.ndarray:
+        """Content vectors of many items as one [n, dim] float32 matrix."""
+        rows = [self.encode(item) for item in items]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+
+class FeatureProjector:
+    """Places items without a trained vector among their trained peers, via per-feature centroids.
+
+    The projector keeps, per shared feature, the sum and count of the trained (unit) vectors of the items
+    that carry it. `add`/`remove` keep those sums current as catalog messages about trained items arrive
+    or change; `project` combines the centroids of an item's features with the content weights.
+    """
+
+    def __init__(self, dim: int, encoder: ContentEncoder) -> None:
+        self.dim = dim
+        self._encoder = encoder
+        self._sums: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, features: Sequence[Feature], vector: np.ndarray) -> list[str]:
+        """Count a trained item's vector towards its features; returns the features that became known."""
+        new: list[str] = []
+        vec = np.asarray(vector, dtype=np.float64)
+        for name, _ in features:
+            if name in self._sums:
+                self._sums[name] += vec
+                self._counts[name] += 1
+            else:
+                self._sums[name] = vec.copy()
+                self._counts[name] = 1
+                new.append(name)
+        return new
+
+    def remove(self, features: Sequence[Feature], vector: np.ndarray) -> None:
+        """Undo `add` (a trained item's category or attributes changed, or it left the catalog)."""
+        vec = np.asarray(vector, dtype=np.float64)
+        for name, _ in features:
+            count = self._counts.get(name, 0)
+            if count <= 1:
+                self._sums.pop(name, None)
+                self._counts.pop(name, None)
+            else:
+                self._sums[name] -= vec
+                self._counts[name] = count - 1
+
+    def knows(self, feature: str) -> bool:
+        return feature in self._sums
+
+    def count(self, feature: str) -> int:
+        return self._counts.get(feature, 0)
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+    def project(self, item_id: str, features: Sequence[Feature]) -> np.ndarray | None:
+        """The item's unit vector in the trained space, or None when none of its features is known."""
+        acc = np.zeros(self.dim, dtype=np.float64)
+        known = False
+        for name, weight in features:
+            total = self._sums.get(name)
+            if total is None:
+                continue
+            centroid = normalise(total)
+            if centroid is None:  # trained vectors of this feature cancel out: it says nothing
+                continue
+            acc += weight * centroid
+            known = True
+        if not known:
+            return None
+        acc += IDENTITY_WEIGHT * self._encoder.identity_vector(item_id)
+        return normalise(acc)

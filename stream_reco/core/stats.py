@@ -1,0 +1,267 @@
+"""Shop-wide statistics learned from the stream: item co-visitation and decayed popularity.
+
+Both are incremental (one small update per event), bounded (co-visitation keeps the top
+`covis_neighbours` per item; popularity keeps a top list per category) and deterministic: every ordering
+breaks ties by item id and no result depends on set or dict iteration order of unordered inputs. Priors
+from a model artifact sit beside the streamed counts, so a hot swap replaces the priors without
+double-counting what the stream taught.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from stream_reco.core.events import CATEGORY_SEP
+
+MS_PER_HOUR = 3_600_000
+#: an item's neighbour map may grow to this multiple of the cap before it is pruned back (amortises sorting)
+PRUNE_SLACK = 2.0
+#: items kept per category in the popularity top lists (more than any list needs after filtering)
+POPULAR_TOP_CAP = 200
+#: rescale the stored popularity counts once the growth exponent passes this many half-lives (no overflow)
+RESCALE_HALF_LIVES = 64.0
+GLOBAL = ""  # the category key of shop-wide popularity
+
+
+def _top(items: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
+    """Best `n` by score, ties by item id (deterministic)."""
+    return heapq.nsmallest(n, items, key=lambda kv: (-kv[1], kv[0]))
+
+
+class CoVisitation:
+    """Symmetric item-to-item co-visitation weights ("viewed this also viewed").
+
+    Streamed weights live in `pairs` and are pruned to the strongest `max_neighbours` per item (once an
+    item's map exceeds `PRUNE_SLACK` times that). Priors from the model artifact are kept apart and
+    replaced on every model load; a lookup adds the two, scaled by `prior_weight`.
+    """
+
+    def __init__(self, max_neighbours: int, prior_weight: float = 1.0) -> None:
+        self.max_neighbours = max(1, int(max_neighbours))
+        self.prior_weight = prior_weight
+        self.pairs: dict[str, dict[str, float]] = {}
+        self.prior: dict[str, dict[str, float]] = {}
+        self._limit = max(self.max_neighbours + 1, int(self.max_neighbours * PRUNE_SLACK))
+
+    def set_prior(self, covis: Mapping[str, Sequence[tuple[str, float]]]) -> None:
+        """Replace the artifact priors (each item's strongest `max_neighbours` are kept)."""
+        self.prior = {
+            item: dict(_top(((str(n), float(w)) for n, w in nbrs if n != item), self.max_neighbours))
+            for item, nbrs in covis.items()
+        }
+
+    def add(self, a: str, b: str, weight: float) -> None:
+        """Strengthen the pair (a, b) in both directions."""
+        if a == b or weight <= 0:
+            return
+        for x, y in ((a, b), (b, a)):
+            nbrs = self.pairs.get(x)
+            if nbrs is None:
+                nbrs = self.pairs[x] = {}
+            nbrs[y] = nbrs.get(y, 0.0) + weight
+            if len(nbrs) > self._limit:
+                self.pairs[x] = dict(_top(nbrs.items(), self.max_neighbours))
+
+    def observe(self, item: str, recent: Sequence[tuple[str, float]]) -> None:
+        """Co-visit `item` with each of the visitor's recent items, each with its own weight."""
+        for other, w in recent:
+            self.add(item, other, w)
+
+    def neighbours(self, item: str) -> dict[str, float]:
+        """Streamed plus prior weights of `item`'s neighbours (a new dict; empty for an unknown item)."""
+        streamed = self.pairs.get(item)
+        prior = self.prior.get(item)
+        if not prior:
+            return dict(streamed) if streamed else {}
+        out = {n: w * self.prior_weight for n, w in prior.items()}
+        if streamed:
+            for n, w in streamed.items():
+                out[n] = out.get(n, 0.0) + w
+        return out
+
+    def top_neighbours(self, item: str, n: int) -> list[tuple[str, float]]:
+        return _top(self.neighbours(item).items(), n)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(v) for v in self.pairs.values())
+
+
+class _TopTracker:
+    """The `cap` highest-scoring items of one category, kept exact under score increases.
+
+    Correct because stored popularity scores only ever grow (decay is applied by rescaling the clock, not
+    by lowering scores), so an item outside the top can only enter it by beating the current minimum.
+    """
+
+    __slots__ = ("cap", "members", "min_item", "min_score")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.members: dict[str, float] = {}
+        self.min_item: str | None = None
+        self.min_score = -math.inf
+
+    def offer(self, item: str, score: float) -> None:
+        if item in self.members:
+            self.members[item] = score
+            if item == self.min_item:
+                self._refresh_min()
+            return
+        if len(self.members) < self.cap:
+            self.members[item] = score
+            if self.min_item is None or (score, item) < (self.min_score, self.min_item):
+                self.min_item, self.min_score = item, score
+            return
+        if (score, item) > (self.min_score, self.min_item or ""):
+            del self.members[self.min_item]  # type: ignore[arg-type]
+            self.members[item] = score
+            self._refresh_min()
+
+    def _refresh_min(self) -> None:
+        item, score = min(self.members.items(), key=lambda kv: (kv[1], kv[0]))
+        self.min_item, self.min_score = item, score
+
+    def rescale(self, factor: float) -> None:
+        for k in self.members:
+            self.members[k] *= factor
+        self.min_score *= factor
+
+
+def category_prefixes(category_path: str) -> list[str]:
+    """Every ancestor path of a category, itself included, then the global key.
+
+    "A/B/C" -> ["A/B/C", "A/B", "A", ""]: an item counts towards each level, so best-sellers of a parent
+    page ("Furniture/Living room") include its sub-categories' items.
+    """
+    out = []
+    path = category_path
+    while path:
+        out.append(path)
+        path = path.rsplit(CATEGORY_SEP, 1)[0] if CATEGORY_SEP in path else ""
+    out.append(GLOBAL)
+    return out
+
+
+class DecayedCounts:
+    """Per-item counts with exponential time decay, plus a top list per category (and a global one).
+
+    A count added at time t is stored as w * 2^((t - ref) / half_life): adding in any order gives the
+    same result (replays are deterministic), and the score at time `now` is the stored value times
+    2^(-(now - ref) / half_life), the same factor for every item, so decay never reorders items and the
+    top lists stay exact without touching every item on every event.
+    """
+
+    def __init__(self, half_life_h: float, top_cap: int = POPULAR_TOP_CAP) -> None:
+        self.half_life_ms = max(half_life_h, 1e-9) * MS_PER_HOUR
+        self.top_cap = top_cap
+        self.ref: int | None = None
+        self.scores: dict[str, float] = {}
+        self.tops: dict[str, _TopTracker] = {}
+
+    def add(self, item: str, category_path: str | None, weight: float, ts: int) -> None:
+        if weight <= 0:
+            return
+        if self.ref is None:
+            self.ref = int(ts)
+        exponent = (ts - self.ref) / self.half_life_ms
+        if exponent > RESCALE_HALF_LIVES:
+            self._rescale(int(ts))
+            exponent = 0.0
+        score = self.scores.get(item, 0.0) + weight * 2.0**exponent
+        self.scores[item] = score
+        for cat in category_prefixes(category_path or ""):
+            tracker = self.tops.get(cat)
+            if tracker is None:
+                tracker = self.tops[cat] = _TopTracker(self.top_cap)
+            tracker.offer(item, score)
+
+    def _rescale(self, new_ref: int) -> None:
+        assert self.ref is not None
+        factor = 2.0 ** (-(new_ref - self.ref) / self.half_life_ms)
+        for k in self.scores:
+            self.scores[k] *= factor
+        for t in self.tops.values():
+            t.rescale(factor)
+        self.ref = new_ref
+
+    def _now_factor(self, now_ms: int) -> float:
+        if self.ref is None:
+            return 0.0
+        return 2.0 ** (-(now_ms - self.ref) / self.half_life_ms)
+
+    def score(self, item: str, now_ms: int) -> float:
+        """Decayed count of `item` at `now_ms`."""
+        return self.scores.get(item, 0.0) * self._now_factor(now_ms)
+
+    def top(self, category: str, n: int, now_ms: int) -> list[tuple[str, float]]:
+        """The `n` most popular items of `category` (GLOBAL for all) with decayed counts at `now_ms`."""
+        tracker = self.tops.get(category)
+        if tracker is None:
+            return []
+        f = self._now_factor(now_ms)
+        return [(k, v * f) for k, v in _top(tracker.members.items(), n)]
+
+    def categories(self) -> list[str]:
+        return sorted(self.tops)
+
+
+class Popularity:
+    """Decayed popularity from the stream plus the model artifact's prior counts.
+
+    The prior is a separate `DecayedCounts` so a model hot swap replaces it cleanly; its counts are
+    dated at the first event seen after the load (or the first query, if no event comes first), so they
+    fade at the same half-life as streamed counts instead of dominating forever.
+    """
+
+    def __init__(self, half_life_h: float, top_cap: int = POPULAR_TOP_CAP) -> None:
+        self.half_life_h = half_life_h
+        self.top_cap = top_cap
+        self.stream = DecayedCounts(half_life_h, top_cap)
+        self.prior = DecayedCounts(half_life_h, top_cap)
+        self._pending_prior: list[tuple[str, str, float]] = []
+        self.clock: int | None = None  # latest event time seen
+
+    def set_prior(self, popularity: Mapping[str, float], category_of: Mapping[str, str]) -> None:
+        """Replace the prior with `popularity` ({item: decayed count}); `category_of` gives item paths."""
+        self.prior = DecayedCounts(self.half_life_h, self.top_cap)
+        self._pending_prior = [
+            (item, category_of.get(item, ""), float(w)) for item, w in sorted(popularity.items()) if w > 0
+        ]
+        if self.clock is not None:
+            self._materialise(self.clock)
+
+    def _materialise(self, ts: int) -> None:
+        for item, cat, w in self._pending_prior:
+            self.prior.add(item, cat, w, ts)
+        self._pending_prior = []
+
+    def add(self, item: str, category_path: str | None, weight: float, ts: int) -> None:
+        if self._pending_prior:
+            self._materialise(ts)
+        self.clock = ts if self.clock is None else max(self.clock, ts)
+        self.stream.add(item, category_path, weight, ts)
+
+    def score(self, item: str, now_ms: int) -> float:
+        if self._pending_prior:
+            self._materialise(now_ms)
+        return self.stream.score(item, now_ms) + self.prior.score(item, now_ms)
+
+    def top(self, category: str, n: int, now_ms: int) -> list[tuple[str, float]]:
+        """The `n` most popular items of a category path (GLOBAL: the whole shop), streamed + prior."""
+        if self._pending_prior:
+            self._materialise(now_ms)
+        a = self.stream.top(category, n, now_ms)
+        b = self.prior.top(category, n, now_ms)
+        if not b:
+            return a
+        in_a, in_b = dict(a), dict(b)
+        merged: dict[str, float] = {}
+        # an item in only one top list may still have counts on the other side: add them exactly
+        for k in [*in_a, *(k for k in in_b if k not in in_a)]:
+            sa = in_a[k] if k in in_a else self.stream.score(k, now_ms)
+            sb = in_b[k] if k in in_b else self.prior.score(k, now_ms)
+            merged[k] = sa + sb
+        return _top(merged.items(), n)

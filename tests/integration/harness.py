@@ -1,0 +1,158 @@
+"""Helpers for integration tests: real worker processes and real Kafka clients, no mocks.
+
+A worker runs as `stream-reco worker` in a child process configured only through STREAM_RECO_*
+variables (exactly as a deployment would), and tests talk to it through the topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream_reco.settings import Settings
+from stream_reco.stream.app import READY_LINE
+
+STREAM_RECO = str(Path(sys.executable).with_name("stream-reco"))
+READY_TIMEOUT_S = 90.0
+
+
+class WorkerProcess:
+    """A `stream-reco worker` child process whose output is captured for assertions and diagnosis."""
+
+    def __init__(self, settings: Settings, name: str = "worker", loglevel: str = "warn") -> None:
+        self.settings = settings
+        self.name = name
+        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        env.pop("STREAM_RECO_CONFIG", None)
+        self.proc = subprocess.Popen(
+            [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if READY_LINE in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.2):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.output()}")
+
+    def output(self, last: int = 60) -> str:
+        return "\n".join(self.lines[-last:])
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9: no chance to commit, flush or leave the group."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def crashed(self) -> bool:
+        text = "\n".join(self.lines)
+        return "Traceback" in text or "Crashed reason" in text
+
+
+async def produce(settings: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), linger_ms=5)
+    await producer.start()
+    n = 0
+    try:
+        for key, value in messages:
+            await producer.send(topic, value=value, key=key)
+            n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+def send_events(settings: Settings, events: Iterable[dict[str, Any]]) -> int:
+    msgs = [((e.get("user_id") or e["session_id"]).encode(), orjson.dumps(e)) for e in events]
+    return asyncio.run(produce(settings, settings.events_topic, msgs))
+
+
+def send_items(settings: Settings, items: Iterable[dict[str, Any]]) -> int:
+    msgs = [(i["item_id"].encode(), orjson.dumps(i)) for i in items]
+    return asyncio.run(produce(settings, settings.catalog_topic, msgs))
+
+
+class TopicReader:
+    """Reads a topic from the beginning across calls, so a test can wait for 'the next' messages."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.records: list[tuple[bytes | None, bytes]] = []
+        self._positions: dict[int, int] = {}
+
+    async def _poll(self, until: Callable[[list[tuple[bytes | None, bytes]]], bool], timeout: float) -> None:
+        consumer = AIOKafkaConsumer(**self.settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(self.topic) or set()
+            if not parts:
+                await consumer.topics()
+                parts = consumer.partitions_for_topic(self.topic) or {0}
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self._positions.get(tp.partition, 0))
+            deadline = time.monotonic() + timeout
+            while not until(self.records) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        self.records.append((m.key, m.value))
+                        self._positions[tp.partition] = m.offset + 1
+        finally:
+            await consumer.stop()
+
+    def wait_for(self, until: Callable[[list[tuple[bytes | None, bytes]]], bool], timeout: float = 30.0) -> list:
+        asyncio.run(self._poll(until, timeout))
+        return self.records
+
+    def lists_for(self, key: str) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for k, v in self.records if k == key.encode()]
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for k, v in self.records:
+            if k is not None:
+                out[k.decode()] = orjson.loads(v)
+        return out
