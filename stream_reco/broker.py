@@ -99,6 +99,7 @@ READY_PROBE_TIMEOUT_S = 3.0  # one metadata request during startup polling
 STATUS_TIMEOUT_S = 5.0  # `status` and is_ready(): a healthy local broker answers in milliseconds
 STOP_TIMEOUT_S = 30.0  # a clean shutdown flushes and closes every partition; usually a few seconds
 KILL_TIMEOUT_S = 10.0
+STOP_POLL_S = 0.1
 MAVEN_TIMEOUT_S = 900.0  # a first resolve downloads ~46 jars (~40 MB) from Maven Central
 FORMAT_TIMEOUT_S = 120.0
 JAVA_VERSION_TIMEOUT_S = 30.0
@@ -117,6 +118,10 @@ INTERNAL_TOPIC_PARTITIONS = 10
 NETWORK_THREADS = 2  # Kafka's defaults (3 network, 8 I/O) assume a server, not 2 shared cores
 IO_THREADS = 4
 CLEANER_DEDUPE_BUFFER_BYTES = 16 * MIB  # default 128 MiB would be a quarter of the 512m heap
+# The broker must accept messages above settings.max_message_bytes, so that the worker sees them and can
+# dead-letter them (with a base64 copy, ~4/3 their size) instead of the producer failing.
+MESSAGE_MAX_BYTES_FLOOR = 8 * MIB
+OVERSIZE_HEADROOM = 4
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 # Characters that would break the JAAS user_<name> key or StorageTool's --add-scram 'name=...' syntax.
@@ -375,6 +380,7 @@ def server_properties(settings: Settings, paths: BrokerPaths | None = None) -> d
       partition and break faust's co-partitioning of events and tables; topics are created explicitly.
     - Replication factors and ISR of internal topics are 1: there is only one broker.
     - ``group.initial.rebalance.delay.ms=0``: tests and the demo should not wait 3 s per first group join.
+    - ``message.max.bytes`` well above ``max_message_bytes``: oversize messages must reach the dead-letter path.
     - Retention is by size only. Replayed event logs may carry their original (old) record timestamps, and a
       time limit would delete them as soon as they arrive.
     """
@@ -409,7 +415,7 @@ def server_properties(settings: Settings, paths: BrokerPaths | None = None) -> d
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        "message.max.bytes": str(max(settings.max_message_bytes, 1)),
+        "message.max.bytes": str(max(MESSAGE_MAX_BYTES_FLOOR, OVERSIZE_HEADROOM * settings.max_message_bytes)),
         "num.network.threads": str(NETWORK_THREADS),
         "num.io.threads": str(IO_THREADS),
         "log.segment.bytes": str(SEGMENT_BYTES),
@@ -596,11 +602,22 @@ def _tail_text(text: str, lines: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _log_tail(paths: BrokerPaths, settings: Settings) -> str:
-    parts = []
+def _log_sizes(paths: BrokerPaths) -> dict[Path, int]:
+    """Current sizes of the broker's logs, so an error can show only what this start wrote."""
+    sizes = {}
     for path in (paths.stdout_log, paths.server_log):
         with contextlib.suppress(OSError):
-            tail = _tail_text(path.read_text(encoding="utf-8", errors="replace"), LOG_TAIL_LINES)
+            sizes[path] = path.stat().st_size
+    return sizes
+
+
+def _log_tail(paths: BrokerPaths, settings: Settings, since: dict[Path, int] | None = None) -> str:
+    """The last lines of broker.out and server.log (from the `since` offsets on), secrets masked."""
+    parts = []
+    for path in (paths.stdout_log, paths.server_log):
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            fh.seek((since or {}).get(path, 0))
+            tail = _tail_text(fh.read().decode("utf-8", errors="replace"), LOG_TAIL_LINES)
             if tail:
                 parts.append(f"--- last lines of {path} ---\n{tail}")
     return _redact("\n".join(parts), settings) if parts else f"(no log output in {paths.log_dir})"
@@ -687,22 +704,46 @@ def _bootstrap_is_local(settings: Settings) -> bool:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started here: kept so stop() reaps them (no zombies)
 
 
-def _wait_ready(settings: Settings, paths: BrokerPaths, pid: int, deadline: float) -> None:
+def _wait_ready(settings: Settings, paths: BrokerPaths, pid: int, deadline: float,
+                since: dict[Path, int] | None = None) -> None:
+    """Poll until the broker answers; raise with the log's tail if it dies or the deadline passes."""
     proc = _CHILDREN.get(pid)
     while True:
+        # Our own child: ask it directly. Its /proc cmdline, which _is_our_broker reads, is briefly empty
+        # while exec() is still loading java.
         exited = proc.poll() if proc is not None else None
-        if exited is not None or not _is_our_broker(pid, paths):
+        if exited is not None or (proc is None and not _is_our_broker(pid, paths)):
             _forget_pid(paths)
             status_text = f" with status {exited}" if exited is not None else ""
             raise BrokerError(f"the Kafka broker (pid {pid}) exited{status_text} during startup.\n"
-                              f"{_log_tail(paths, settings)}")
+                              f"{_log_tail(paths, settings, since)}")
         remaining = deadline - time.monotonic()
         if is_ready(settings, timeout_s=max(min(READY_PROBE_TIMEOUT_S, remaining), READY_POLL_S)):
             return
         if remaining <= 0:
             raise BrokerError(f"the Kafka broker (pid {pid}) did not answer on {LOCAL_HOST}:{settings.broker_port} "
-                              f"within {READY_TIMEOUT_S:.0f} s.\n{_log_tail(paths, settings)}")
+                              f"within {READY_TIMEOUT_S:.0f} s.\n{_log_tail(paths, settings, since)}")
         time.sleep(READY_POLL_S)
+
+
+def _state_of(settings: Settings) -> dict[str, Any]:
+    """The fields of broker.json that must match for a running broker to serve these settings."""
+    return {"kafka_version": settings.kafka_version, "broker_port": settings.broker_port,
+            "controller_port": settings.controller_port, "broker_sasl_port": settings.broker_sasl_port}
+
+
+def _check_same_config(settings: Settings, paths: BrokerPaths, pid: int) -> None:
+    """A broker from this data dir started with other ports or version would never answer where we look."""
+    try:
+        recorded = json.loads(paths.state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # started by an older stream-reco or the state file was lost: readiness will tell
+    wanted = _state_of(settings)
+    differing = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+    if differing:
+        details = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differing.items())
+        raise BrokerError(f"the broker of {paths.root} (pid {pid}) runs with other settings ({details}); "
+                          f"run `stream-reco broker stop` first to restart it with the new ones")
 
 
 def _forget_pid(paths: BrokerPaths) -> None:
@@ -731,6 +772,7 @@ def _start(settings: Settings) -> tuple[int, bool]:
     with _locked(paths):
         pid = _find_broker_pid(paths)
         if pid is not None:  # already running (or still starting): just make sure it answers
+            _check_same_config(settings, paths, pid)
             _wait_ready(settings, paths, pid, time.monotonic() + READY_TIMEOUT_S)
             return pid, False
         _forget_pid(paths)
@@ -746,18 +788,17 @@ def _start(settings: Settings) -> tuple[int, bool]:
         _check_scram_user(settings, paths)
         cmd = _java_command(java, classpath, paths, settings.broker_heap, KAFKA_MAIN_CLASS,
                             str(paths.server_properties), extra_flags=BROKER_JVM_FLAGS)
+        since = _log_sizes(paths)
         with open(paths.stdout_log, "ab") as out:
             # own session: survives the CLI exiting and a Ctrl-C in the terminal that started it
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=paths.root, start_new_session=True, close_fds=True)
         _CHILDREN[proc.pid] = proc
         paths.pid_file.write_text(f"{proc.pid}\n", encoding="utf-8")
-        paths.state_file.write_text(json.dumps({
-            "pid": proc.pid, "kafka_version": settings.kafka_version, "broker_port": settings.broker_port,
-            "controller_port": settings.controller_port, "broker_sasl_port": settings.broker_sasl_port,
-            "started_at": time.time()}) + "\n", encoding="utf-8")
+        paths.state_file.write_text(json.dumps(
+            {"pid": proc.pid, **_state_of(settings), "started_at": time.time()}) + "\n", encoding="utf-8")
         try:
-            _wait_ready(settings, paths, proc.pid, time.monotonic() + READY_TIMEOUT_S)
+            _wait_ready(settings, paths, proc.pid, time.monotonic() + READY_TIMEOUT_S, since)
         except BrokerError:
             _terminate(proc.pid)  # leave nothing half-started behind
             _forget_pid(paths)
@@ -770,23 +811,41 @@ def start(settings: Settings) -> int:
     return _start(settings)[0]
 
 
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait until pid has exited; True if it did in time.
+
+    A zombie counts as gone (it holds no ports or files): after the starting CLI exits, the broker's parent is
+    whatever reaps orphans, which in some containers never does. Our own children are reaped here.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(STOP_POLL_S)
+
+
 def _terminate(pid: int) -> None:
     """SIGTERM (Kafka shuts down cleanly), then SIGKILL to its whole session if it lingers."""
     child = _CHILDREN.pop(pid, None)
-    try:
-        proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(STOP_TIMEOUT_S)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        log.warning("Kafka broker pid %d ignored SIGTERM for %.0f s; killing it", pid, STOP_TIMEOUT_S)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # its own session: pgid == pid
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
-            psutil.Process(pid).wait(KILL_TIMEOUT_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, STOP_TIMEOUT_S):
+        log.warning("Kafka broker pid %d ignored SIGTERM for %g s; killing it", pid, STOP_TIMEOUT_S)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # started in its own session: pgid == pid
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, KILL_TIMEOUT_S)
     if child is not None:
-        child.wait()  # reap, if psutil did not already
+        child.wait()  # collect its status for Popen (returns at once if reaped above)
 
 
 def stop(settings: Settings) -> bool:

@@ -190,7 +190,9 @@ def validate(kind: str, doc: object) -> None:
 def decode_event(raw: bytes | bytearray | memoryview | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
     """Turn the bytes of a `shop.events` message into an `Event`, or raise `InvalidMessage` (and nothing else).
 
-    Order: size (cheapest, and bounds the work of the rest), JSON, object, schema, record.
+    Order: size (cheapest, and bounds the work of the rest), JSON, object, schema, record. The one other error
+    is `SchemaLoadError` on the first call if the schema files themselves are broken: a deployment fault that
+    should stop the worker, never caused by a message.
     """
     validator = _get_registry().validators["event"]
     doc = _parse_object(raw, max_bytes)
@@ -297,7 +299,7 @@ def _parse_object(raw: bytes | bytearray | memoryview | None, max_bytes: int) ->
         raise InvalidMessage(f"message is {size} bytes, larger than the limit of {max_bytes} bytes")
     try:
         doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:  # also invalid UTF-8, NaN/Infinity, numbers too large, nesting > 1024
+    except orjson.JSONDecodeError as exc:  # also bad UTF-8, NaN/Infinity, numbers beyond a double, depth > 1024
         raise InvalidMessage(f"not valid JSON: {exc}") from None
     if type(doc) is not dict:
         raise InvalidMessage(f"message must be a JSON object, got {_json_type(doc)}")

@@ -93,6 +93,7 @@ class Settings:
     popularity_half_life_h: float = _doc(168.0, "half-life of category popularity, hours")
     covis_window: int = _doc(10, "recent events of a visitor that count as co-visited")
     covis_neighbours: int = _doc(50, "co-visited neighbours kept per item")
+    covis_anchor_items: int = _doc(5, "the visitor's last distinct items whose co-visited neighbours are candidates")
     weight_ann: float = _doc(1.0, "weight of embedding-neighbour candidates in the blend")
     weight_covis: float = _doc(1.0, "weight of co-visitation candidates in the blend")
     weight_popular: float = _doc(0.3, "weight of category popularity candidates in the blend")
@@ -124,6 +125,11 @@ class Settings:
     eval_train_fraction: float = _doc(0.8, "share of the log, by time, that every method learns from before the test")
     eval_rpop_half_life_h: float = _doc(0.0, "half-life of the RPOP baseline, hours (0: the dataset's convention)")
     eval_sample_visitors: int = _doc(300, "visitors whose lists are compared for the personalisation measure")
+
+    # --- shop tools ---
+    producer_linger_ms: int = _doc(5, "how long the producer client waits to fill a batch (throughput vs latency)")
+    producer_batch_bytes: int = _doc(262_144, "largest batch per partition the producer client sends at once")
+    producer_acks: str = _doc("all", "acknowledgements the producer client waits for: all, 1 or 0")
 
     def masked(self) -> dict[str, Any]:
         """Values safe to print or log: secrets replaced by '***'."""

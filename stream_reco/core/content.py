@@ -4,24 +4,28 @@ A worker without a trained model must still recommend, and a new item must be re
 the catalog announces it. Both need a vector derived from what the catalog says about the item:
 
 * **Feature hashing** (`ContentEncoder`). Each feature of an item (every prefix of its category path, its
-  price band, each attribute value) is hashed with blake2b into the seed of a numpy generator that draws
-  a random unit vector for that feature. An item's vector is the weighted sum of its features' vectors,
-  normalised. Random vectors in 64 dimensions are nearly orthogonal, so items that share features (same
-  leaf category, same brand) end up close and items that share nothing end up nearly orthogonal. The
-  hash is keyed by the settings' seed, never by Python's randomised `hash()`, so every worker and every
-  run computes the same vector for the same item.
+  price band, each attribute value) is hashed, with the settings' seed, into a random unit vector
+  (`hashed_vector`: SHAKE-256 output turned into Gaussian coordinates). An item's vector is the weighted
+  sum of its features' vectors, normalised. Random vectors in 64 dimensions are nearly orthogonal, so
+  items that share features (same leaf category, same brand) end up close and items that share nothing
+  end up nearly orthogonal. The hash never involves Python's randomised `hash()`, so every worker and
+  every run computes the same vector for the same item.
 
 * **Projection into a trained space** (`FeatureProjector`). Once a model exists, hashed vectors live in
   the wrong space: they say nothing about where the trained vectors of the item's peers are. The
-  projector therefore gives each feature the (normalised) mean of the trained vectors of the items that
-  carry it, the feature's *centroid*, and a new item gets the same weighted sum as above with centroids
-  in place of hashed vectors. A new phone thus lands on the centroid of the trained phones, pulled
-  towards its brand's trained items. We chose centroids over a least-squares map from content vectors
-  to trained vectors because centroids need no fitting step, update incrementally as catalog messages
-  arrive, cannot over-fit a feature seen on one item into a wild direction, and are easy to explain
-  ("placed among the other items of Phones / Acme"). Features never seen on a trained item contribute
-  nothing; an item none of whose features is known gets no projection and falls back to its hashed
-  content vector (a deterministic but uninformative direction).
+  projector therefore gives each feature the mean of the (unit) trained vectors of the items that carry
+  it, the feature's *centroid*, and a new item gets the same weighted sum as above with centroids in
+  place of hashed vectors. A new phone thus lands among the trained phones, pulled towards its brand's
+  trained items. The centroid is deliberately not normalised: the mean of unit vectors is long when the
+  feature's items agree (a leaf category) and short when they point everywhere (a root category or a
+  price band shared by half the shop), so uninformative features pull little by themselves. It is
+  shrunk by `CENTROID_PRIOR_COUNT` pseudo-items so a feature seen on a single item is not trusted as
+  much as one seen on hundreds. We chose centroids over a least-squares map from content vectors to
+  trained vectors because they need no fitting step, update incrementally as catalog messages arrive,
+  cannot over-fit a rare feature into a wild direction, and are easy to explain ("placed among the
+  other items of Phones / Acme"). Features never seen on a trained item contribute nothing; an item
+  none of whose features is known gets no projection and falls back to its hashed content vector (a
+  deterministic but uninformative direction).
 
 Deeper category levels weigh more than shallower ones, so the leaf dominates, yet items of sibling
 leaves still share their parents' vectors. A small identity term (hashed from the item id) makes items
@@ -48,15 +52,24 @@ PRICE_BAND_WEIGHT = 0.5
 ATTRIBUTES_TOTAL_WEIGHT = 1.0
 #: weight of the item's own hashed direction: breaks exact ties between otherwise identical items
 IDENTITY_WEIGHT = 0.25
+#: the identity term of a projected vector, relative to the length of its centroid sum: enough to order
+#: items with identical attributes by hash, too little to move them away from their peers (cos > 0.99)
+PROJECTION_IDENTITY_SHARE = 0.05
 #: prices fall into bands of one factor of this base (2: 10-20, 20-40, ...); scale-free across currencies
 PRICE_BAND_BASE = 2.0
+#: pseudo-items with no direction added to every centroid's count (shrinks features seen on few items)
+CENTROID_PRIOR_COUNT = 1.0
 #: distinct shared feature vectors kept in memory (identity vectors are never cached: one per item)
 FEATURE_CACHE_SIZE = 65_536
 #: vectors shorter than this have no direction
 MIN_NORM = 1e-12
-#: personalisation string of the feature hash, so our hashes never collide with another use of blake2b
+#: prefix of every hashed message, so our feature hashes never coincide with another use of SHAKE-256
 _HASH_PERSON = b"stream-reco"
-_HASH_BYTES = 8
+_SEED_BYTES = 8
+_UINT64_BYTES = 8
+_UINT64_BITS = 64
+_FLOAT_MANTISSA_BITS = 53
+_UNIT_SCALE = 2.0**-_FLOAT_MANTISSA_BITS
 
 Feature = tuple[str, float]
 
@@ -92,11 +105,25 @@ def item_features(item: CatalogItem) -> tuple[Feature, ...]:
 
 
 def hashed_vector(feature: str, dim: int, seed: int) -> np.ndarray:
-    """A random unit vector determined only by (feature, dim, seed): blake2b -> numpy generator seed."""
-    digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=_HASH_BYTES, person=_HASH_PERSON).digest()
-    rng = np.random.default_rng([seed, int.from_bytes(digest, "little")])
-    v = rng.standard_normal(dim)
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    """A random unit vector determined only by (feature, dim, seed), the same on every machine.
+
+    SHAKE-256 (an extendable-output hash) of the seed and the feature is read as uniform 53-bit numbers,
+    turned into independent standard normals by the Box-Muller transform; the direction of a Gaussian
+    vector is uniform on the sphere. This is several times cheaper than seeding a numpy generator per
+    feature, which matters because every new item needs its own identity vector.
+    """
+    half = (dim + 1) // 2
+    message = _HASH_PERSON + seed.to_bytes(_SEED_BYTES, "little", signed=True) + feature.encode("utf-8")
+    raw = hashlib.shake_256(message).digest(2 * half * _UINT64_BYTES)
+    u = (np.frombuffer(raw, dtype="<u8") >> np.uint64(_UINT64_BITS - _FLOAT_MANTISSA_BITS)) * _UNIT_SCALE
+    radius = np.sqrt(-2.0 * np.log1p(-u[:half]))  # 1 - u is in (0, 1]: the log is finite
+    angle = (2.0 * math.pi) * u[half:]
+    v = np.concatenate((radius * np.cos(angle), radius * np.sin(angle)))[:dim]
+    out = normalise(v)
+    if out is None:  # all radii zero: astronomically unlikely, but a vector must always come back
+        out = np.zeros(dim, dtype=np.float32)
+        out[0] = 1.0
+    return out
 
 
 @lru_cache(maxsize=FEATURE_CACHE_SIZE)
@@ -108,10 +135,11 @@ def _cached_feature_vector(feature: str, dim: int, seed: int) -> np.ndarray:
 
 def normalise(v: np.ndarray) -> np.ndarray | None:
     """`v` scaled to unit length as float32, or None when it has no direction or is not finite."""
-    norm = float(np.linalg.norm(v))
+    v64 = np.asarray(v, dtype=np.float64)
+    norm = math.sqrt(float(v64 @ v64)) if np.all(np.isfinite(v64)) else math.nan
     if not math.isfinite(norm) or norm < MIN_NORM:
         return None
-    return (v / norm).astype(np.float32)
+    return (v64 / norm).astype(np.float32)
 
 
 class ContentEncoder:
@@ -150,7 +178,8 @@ class FeatureProjector:
 
     The projector keeps, per shared feature, the sum and count of the trained (unit) vectors of the items
     that carry it. `add`/`remove` keep those sums current as catalog messages about trained items arrive
-    or change; `project` combines the centroids of an item's features with the content weights.
+    or change; `project` combines the (unnormalised, shrunk) centroids of an item's features with the
+    content weights.
     """
 
     def __init__(self, dim: int, encoder: ContentEncoder) -> None:
@@ -160,8 +189,13 @@ class FeatureProjector:
         self._counts: dict[str, int] = {}
 
     def add(self, features: Sequence[Feature], vector: np.ndarray) -> list[str]:
-        """Count a trained item's vector towards its features; returns the features that became known."""
-        new: list[str] = []
+        """Count a trained item's vector towards its features.
+
+        Returns the features whose centroid changed materially: those whose count just reached a power
+        of two (1, 2, 4, ...). Re-projecting items only then keeps the total work logarithmic in the
+        number of trained items per feature while early estimates (from one or two items) get refined.
+        """
+        refined: list[str] = []
         vec = np.asarray(vector, dtype=np.float64)
         for name, _ in features:
             if name in self._sums:
@@ -170,8 +204,10 @@ class FeatureProjector:
             else:
                 self._sums[name] = vec.copy()
                 self._counts[name] = 1
-                new.append(name)
-        return new
+            count = self._counts[name]
+            if count & (count - 1) == 0:
+                refined.append(name)
+        return refined
 
     def remove(self, features: Sequence[Feature], vector: np.ndarray) -> None:
         """Undo `add` (a trained item's category or attributes changed, or it left the catalog)."""
@@ -202,12 +238,10 @@ class FeatureProjector:
             total = self._sums.get(name)
             if total is None:
                 continue
-            centroid = normalise(total)
-            if centroid is None:  # trained vectors of this feature cancel out: it says nothing
-                continue
-            acc += weight * centroid
+            acc += (weight / (self._counts[name] + CENTROID_PRIOR_COUNT)) * total
             known = True
-        if not known:
+        norm = math.sqrt(float(acc @ acc))
+        if not known or norm < MIN_NORM:
             return None
-        acc += IDENTITY_WEIGHT * self._encoder.identity_vector(item_id)
+        acc += (PROJECTION_IDENTITY_SHARE * norm) * self._encoder.identity_vector(item_id)
         return normalise(acc)

@@ -75,7 +75,7 @@ def _is_wordy(name: str) -> bool:
 
 
 def because_viewed(count: int, leaf_category: str) -> str:
-    """"Because you viewed 3 stand mixers": count and lower-case leaf category, pluralised sensibly."""
+    """ "Because you viewed 3 stand mixers": count and lower-case leaf category, pluralised sensibly."""
     name = leaf_category.strip()
     if not name:
         return SIMILAR_FALLBACK
@@ -108,7 +108,7 @@ def short_title(title: str, limit: int = TITLE_MAX_CHARS) -> str:
 
 
 def often_viewed_with(anchor_title: str) -> str:
-    """"Often viewed with Oak coffee table" (the anchor's catalogue title, or its id when unknown)."""
+    """ "Often viewed with Oak coffee table" (the anchor's catalogue title, or its id when unknown)."""
     return f"Often viewed with {short_title(anchor_title)}" if anchor_title else SIMILAR_FALLBACK
 
 
@@ -124,7 +124,7 @@ def period_phrase(half_life_h: float) -> str:
 
 
 def popular_in(leaf_category: str, half_life_h: float) -> str:
-    """"Popular in Sofas this week"; shop-wide popularity when there is no category."""
+    """ "Popular in Sofas this week"; shop-wide popularity when there is no category."""
     period = period_phrase(half_life_h)
     if not leaf_category:
         return f"Popular {period}"

@@ -96,7 +96,10 @@ class NotPurchased:
         if not bought:
             return None
         return _mask(
-            [i not in bought or (it is not None and it.repurchasable) for i, it in zip(batch.ids, batch.items, strict=True)]
+            [
+                i not in bought or (it is not None and it.repurchasable)
+                for i, it in zip(batch.ids, batch.items, strict=True)
+            ]
         )
 
 

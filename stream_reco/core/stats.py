@@ -43,6 +43,7 @@ class CoVisitation:
         self.prior_weight = prior_weight
         self.pairs: dict[str, dict[str, float]] = {}
         self.prior: dict[str, dict[str, float]] = {}
+        self.degree: dict[str, float] = {}  # total streamed co-visit weight per item (never pruned)
         self._limit = max(self.max_neighbours + 1, int(self.max_neighbours * PRUNE_SLACK))
 
     def set_prior(self, covis: Mapping[str, Sequence[tuple[str, float]]]) -> None:
@@ -57,6 +58,7 @@ class CoVisitation:
         if a == b or weight <= 0:
             return
         for x, y in ((a, b), (b, a)):
+            self.degree[x] = self.degree.get(x, 0.0) + weight
             nbrs = self.pairs.get(x)
             if nbrs is None:
                 nbrs = self.pairs[x] = {}

@@ -36,7 +36,7 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream_reco import schemas
@@ -131,6 +131,8 @@ class RecoWorker:
         self.catalog_ready = asyncio.Event()
         self.model_path: Path | None = None
         self.latest_lists: dict[str, bytes] = {}
+        datadir = settings.data_path / "faust" / settings.app_id
+        datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings),
@@ -149,7 +151,7 @@ class RecoWorker:
             web_enabled=settings.web_port > 0,
             web_port=settings.web_port or 6066,
             web_bind=settings.web_host,
-            datadir=str(settings.data_path / "faust" / settings.app_id),
+            datadir=str(datadir),
         )
         self.events_topic = self.app.topic(
             settings.events_topic,
@@ -167,10 +169,8 @@ class RecoWorker:
         )
         self.visitors = self.app.Table(
             VISITORS_TABLE,
-            key_type=bytes,
+            key_type=bytes,  # bytes keys and values use faust's "raw" codec
             value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
             partitions=settings.partitions,
         )
         self.store = TableStore(self.visitors, settings.partitions)
@@ -214,8 +214,9 @@ class RecoWorker:
     async def _publish(self, key: str, trigger: Event) -> None:
         rec = self.recommender.recommendation(key, now_ms=trigger.timestamp, trigger=trigger)
         doc = rec.to_dict()
-        doc["generated_at"] = now_ms = int(time.time() * 1000)
-        doc["latency_ms"] = round(max(now_ms - trigger.timestamp, 0) + (time.time() * 1000 - now_ms), 3)
+        now_ms = time.time() * 1000.0
+        doc["generated_at"] = int(now_ms)
+        doc["latency_ms"] = round(max(now_ms - trigger.timestamp, 0.0), 3)
         value = orjson.dumps(doc)
         self.latest_lists[key] = value
         await self.recommendations_topic.send(key=key.encode(), value=value)
@@ -234,7 +235,9 @@ class RecoWorker:
     async def _consume_catalog(self) -> None:
         """Read the whole catalog topic on every worker, then follow it; signal readiness once caught up."""
         settings = self.settings
+        # subscribing without a group makes aiokafka assign every partition of the topic to this consumer
         consumer = AIOKafkaConsumer(
+            settings.catalog_topic,
             **settings.kafka_client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
@@ -244,30 +247,19 @@ class RecoWorker:
         )
         await consumer.start()
         try:
-            parts = consumer.partitions_for_topic(settings.catalog_topic)
-            if not parts:
-                await consumer.topics()  # refresh metadata once
-                parts = consumer.partitions_for_topic(settings.catalog_topic) or {0}
-            tps = [TopicPartition(settings.catalog_topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
+            end = await consumer.end_offsets(sorted(consumer.assignment()))
             pending = {tp for tp, off in end.items() if off > 0}
             if not pending:
                 self._mark_catalog_ready()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.batch_size * 4)
-                for tp, messages in batches.items():
+                for messages in batches.values():
                     for msg in messages:
                         await self._apply_catalog(msg)
-                        if tp in pending and msg.offset + 1 >= end[tp]:
-                            pending.discard(tp)
                 if pending:
-                    for tp in list(pending):
-                        if await consumer.position(tp) >= end[tp]:
-                            pending.discard(tp)
-                if not pending and not self.catalog_ready.is_set():
-                    self._mark_catalog_ready()
+                    pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
+                    if not pending:
+                        self._mark_catalog_ready()
         finally:
             await consumer.stop()
 

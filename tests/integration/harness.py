@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_reco.settings import Settings
 from stream_reco.stream.app import READY_LINE
@@ -122,17 +122,16 @@ class TopicReader:
         self._positions: dict[int, int] = {}
 
     async def _poll(self, until: Callable[[list[tuple[bytes | None, bytes]]], bool], timeout: float) -> None:
-        consumer = AIOKafkaConsumer(**self.settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False)
+        # no group: aiokafka assigns every partition of the subscribed topic to this consumer
+        consumer = AIOKafkaConsumer(
+            self.topic, **self.settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         try:
-            parts = consumer.partitions_for_topic(self.topic) or set()
-            if not parts:
-                await consumer.topics()
-                parts = consumer.partitions_for_topic(self.topic) or {0}
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, self._positions.get(tp.partition, 0))
+            for tp in consumer.assignment():
+                if tp.partition in self._positions:
+                    consumer.seek(tp, self._positions[tp.partition])
             deadline = time.monotonic() + timeout
             while not until(self.records) and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)

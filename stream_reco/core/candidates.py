@@ -1,0 +1,243 @@
+"""Candidate generation: three sources, each over-fetched, normalised and blended.
+
+* **Embedding neighbours** (ANN): one query for the session (recency-weighted mean of the session's item
+  vectors) and one per interest vector, all in one `catalog.search_many` call. Querying per interest
+  rather than with one averaged vector keeps recall (an average lands between interests) and gives
+  diversity for free.
+* **Co-visitation**: neighbours of the visitor's last few distinct items, the latest weighing most
+  ("viewed this also viewed"); the strongest single signal on session-shaped logs.
+* **Popularity**: decayed best-sellers of the session's categories and the page's category, plus the
+  shop-wide list; this is the cold-start source and the filler when the others run dry.
+
+Each source's scores are scaled to [0, 1] by that source's best candidate, so the blend weights
+(`weight_ann`, `weight_covis`, `weight_popular`) compare like with like. Every candidate remembers the
+evidence of its strongest source, which `explain` turns into a sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stream_reco.core.state import CODE_TYPES, POSITIVE_CODES, VisitorState, event_weight
+from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity
+from stream_reco.settings import Settings
+
+if TYPE_CHECKING:
+    from stream_reco.core.items import ItemCatalog
+
+SOURCE_ANN, SOURCE_COVIS, SOURCE_POPULAR = 0, 1, 2
+N_SOURCES = 3
+SESSION_QUERY = -1  # ann evidence: the item came from the session query (>= 0: that interest's index)
+
+#: the session vector weighs its items by recency: the weight halves every this many items back
+SESSION_RECENCY_HALF_ITEMS = 3.0
+#: interests lighter than this share of the strongest one are not queried (faded side interests)
+MIN_INTEREST_SHARE = 0.05
+#: weight of the page category's best-sellers relative to the session's main category
+PAGE_CATEGORY_WEIGHT = 1.0
+#: weight of the shop-wide best-sellers relative to category best-sellers (they fill, not lead)
+GLOBAL_POPULAR_WEIGHT = 0.25
+#: session categories whose best-sellers are fetched (the most visited ones)
+POPULAR_CATEGORIES = 3
+#: the r-th most recent anchor item (r = 0, 1, ...) weighs (r + 1) ** -ANCHOR_RECENCY_POWER
+ANCHOR_RECENCY_POWER = 1.0
+COVIS_DEGREE_POWER = 0.0
+
+
+@dataclass(slots=True)
+class CandidatePool:
+    """Candidates with one normalised score per source and the evidence behind each source's score."""
+
+    ids: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+    ann: dict[str, tuple[float, int]] = field(default_factory=dict)  # item -> (score, query)
+    covis: dict[str, tuple[float, str]] = field(default_factory=dict)  # item -> (score, anchor item)
+    popular: dict[str, tuple[float, str]] = field(default_factory=dict)  # item -> (score, category path)
+
+    def _add(self, item: str) -> None:
+        if item not in self.index:
+            self.index[item] = len(self.ids)
+            self.ids.append(item)
+
+    def source_matrix(self) -> np.ndarray:
+        """[n, 3] scores per source, each source scaled to [0, 1] by its best candidate."""
+        m = np.zeros((len(self.ids), N_SOURCES), dtype=np.float64)
+        for col, src in ((SOURCE_ANN, self.ann), (SOURCE_COVIS, self.covis), (SOURCE_POPULAR, self.popular)):
+            if not src:
+                continue
+            rows = np.fromiter((self.index[i] for i in src), dtype=np.int64, count=len(src))
+            vals = np.fromiter((v[0] for v in src.values()), dtype=np.float64, count=len(src))
+            top = vals.max()
+            if top > 0:
+                m[rows, col] = np.clip(vals / top, 0.0, 1.0)
+        return m
+
+
+def session_vector(state: VisitorState, catalog: ItemCatalog, now_ms: int, settings: Settings) -> np.ndarray | None:
+    """Recency- and event-weighted mean of the current session's item vectors (unit), None without any.
+
+    Computed from the history on demand, so items the catalogue learns about after they were viewed
+    count as soon as they are known.
+    """
+    hist = [h for h in state.session_history(now_ms, settings) if h[2] in POSITIVE_CODES]
+    if not hist:
+        return None
+    vecs = catalog.vectors([h[0] for h in hist])
+    n = len(hist)
+    recency = 0.5 ** (np.arange(n - 1, -1, -1, dtype=np.float64) / SESSION_RECENCY_HALF_ITEMS)
+    kinds = np.array([event_weight(settings, CODE_TYPES[h[2]]) for h in hist], dtype=np.float64)
+    v = (recency * kinds).astype(np.float32) @ vecs
+    norm = float(np.linalg.norm(v))
+    return (v / norm).astype(np.float32) if norm > 1e-6 else None
+
+
+def ann_candidates(
+    pool: CandidatePool,
+    state: VisitorState,
+    catalog: ItemCatalog,
+    now_ms: int,
+    n: int,
+    exclude: Sequence[str],
+    settings: Settings,
+) -> None:
+    """Neighbours of the session vector and of each live interest, one batched search."""
+    queries: list[np.ndarray] = []
+    weights: list[float] = []
+    tags: list[int] = []
+    sv = session_vector(state, catalog, now_ms, settings)
+    if sv is not None:
+        queries.append(sv)
+        weights.append(1.0)
+        tags.append(SESSION_QUERY)
+    iw = state.interest_weights(now_ms, settings)
+    if iw:
+        top = max(iw)
+        for idx, (it, w) in enumerate(zip(state.interests, iw, strict=True)):
+            share = w / top if top > 0 else 0.0
+            if share >= MIN_INTEREST_SHARE:
+                queries.append(it.vector)
+                weights.append(share)
+                tags.append(idx)
+    if not queries:
+        return
+    results = catalog.search_many(np.stack(queries).astype(np.float32), n, exclude=exclude)
+    for qw, tag, hits in zip(weights, tags, results, strict=True):
+        for item, sim in hits:
+            s = qw * float(sim)
+            if s <= 0:
+                continue
+            old = pool.ann.get(item)
+            if old is None or s > old[0]:
+                pool._add(item)
+                pool.ann[item] = (s, tag)
+
+
+def covis_anchors(state: VisitorState, n: int) -> list[tuple[str, float]]:
+    """The visitor's last `n` distinct positively-interacted items with recency weights (r+1)^-power."""
+    return [(h[0], (r + 1) ** -ANCHOR_RECENCY_POWER) for r, h in enumerate(state.recent_items(n))]
+
+
+def covis_candidates(
+    pool: CandidatePool,
+    state: VisitorState,
+    covis: CoVisitation,
+    n_anchors: int,
+    n: int,
+) -> None:
+    """Items co-visited with the visitor's recent items, weighted by anchor recency."""
+    scores: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
+    for anchor, w in covis_anchors(state, n_anchors):
+        for item, cw in covis.neighbours(anchor).items():
+            contrib = w * cw / (1.0 + covis.degree.get(item, 0.0)) ** COVIS_DEGREE_POWER
+            scores[item] = scores.get(item, 0.0) + contrib
+            b = best.get(item)
+            if b is None or contrib > b[0]:
+                best[item] = (contrib, anchor)
+    if not scores:
+        return
+    top = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    for item, s in top:
+        pool._add(item)
+        pool.covis[item] = (s, best[item][1])
+
+
+def popular_categories(
+    state: VisitorState, now_ms: int, page_category: str | None, settings: Settings
+) -> list[tuple[str, float]]:
+    """(category path, weight) whose best-sellers to fetch: session categories, the page's, global."""
+    counts = state.session_category_counts(now_ms, settings)
+    out: dict[str, float] = {}
+    if counts:
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:POPULAR_CATEGORIES]
+        most = top[0][1]
+        for cat, c in top:
+            out[cat] = c / most
+    page = page_category or (state.page_category if state.session_active(now_ms, settings) else None)
+    if page:
+        out[page] = max(out.get(page, 0.0), PAGE_CATEGORY_WEIGHT)
+    out[GLOBAL] = max(out.get(GLOBAL, 0.0), GLOBAL_POPULAR_WEIGHT)
+    return list(out.items())
+
+
+def popular_candidates(
+    pool: CandidatePool,
+    state: VisitorState,
+    popularity: Popularity,
+    now_ms: int,
+    page_category: str | None,
+    n: int,
+    settings: Settings,
+) -> None:
+    """Best-sellers of the visitor's categories, each list scaled by its own best, times its weight."""
+    for cat, cw in popular_categories(state, now_ms, page_category, settings):
+        ranked = popularity.top(cat, n, now_ms)
+        if not ranked:
+            continue
+        top = ranked[0][1]
+        if top <= 0:
+            continue
+        for item, s in ranked:
+            v = cw * s / top
+            old = pool.popular.get(item)
+            if old is None or v > old[0]:
+                pool._add(item)
+                pool.popular[item] = (v, cat)
+
+
+def gather(
+    state: VisitorState,
+    catalog: ItemCatalog,
+    covis: CoVisitation,
+    popularity: Popularity,
+    now_ms: int,
+    n: int,
+    exclude: Sequence[str],
+    page_category: str | None,
+    settings: Settings,
+    n_anchors: int,
+) -> CandidatePool:
+    """All three sources for one visitor, `n` candidates from each (fewer when a source runs dry)."""
+    pool = CandidatePool()
+    if settings.weight_covis > 0:
+        covis_candidates(pool, state, covis, n_anchors, n)
+    if settings.weight_ann > 0:
+        ann_candidates(pool, state, catalog, now_ms, n, exclude, settings)
+    if settings.weight_popular > 0 or not pool.ids:
+        popular_candidates(pool, state, popularity, now_ms, page_category, n, settings)
+    return pool
+
+
+def blend(pool: CandidatePool, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """Blended score per candidate and the index of the source that contributed most to it."""
+    m = pool.source_matrix()
+    w = np.array([settings.weight_ann, settings.weight_covis, settings.weight_popular], dtype=np.float64)
+    w = np.maximum(w, 0.0)
+    if not w.any():  # all weights off: popularity still has to fill the list
+        w = np.array([0.0, 0.0, 1.0])
+    contrib = m * w
+    return contrib.sum(axis=1), np.argmax(contrib, axis=1)

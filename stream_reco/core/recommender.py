@@ -1,0 +1,327 @@
+"""The recommender: observe an event, recommend for a visitor. Pure: no I/O, no clock, no Kafka.
+
+The faust worker, the in-process replay, the evaluation and the benchmarks all drive this one class:
+
+    rec = Recommender(settings)            # or Recommender(settings, catalog, store)
+    rec.load_model(artifact)               # hot swap: item vectors and popularity/co-visitation priors
+    rec.upsert_item(item)                  # catalogue messages
+    rec.process(event)                     # observe + the visitor's new list at the event's time
+
+Time comes only from event timestamps (`now_ms`), so replaying a log with the same model and settings
+gives the same lists. Per-visitor state goes through a `VisitorStore`: a dict here, a faust table in the
+worker. Shop-wide statistics (co-visitation, popularity) live in this object.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from stream_reco.core import explain
+from stream_reco.core.candidates import (
+    SESSION_QUERY,
+    SOURCE_ANN,
+    SOURCE_COVIS,
+    CandidatePool,
+    blend,
+    gather,
+    popular_candidates,
+)
+from stream_reco.core.events import Event, Recommendation, RecommendedItem
+from stream_reco.core.rank import mmr, stable_order
+from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
+from stream_reco.core.state import POSITIVE_CODES, VisitorState, event_weight, leaf_of
+from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity
+from stream_reco.settings import Settings
+
+if TYPE_CHECKING:
+    from stream_reco.core.items import ItemCatalog
+    from stream_reco.model.artifact import ModelArtifact
+
+#: MMR re-ranks the best `MMR_POOL_FACTOR * k` candidates after the rules (enough room to diversify,
+#: small enough that re-ranking stays cheap)
+MMR_POOL_FACTOR = 3
+#: a co-visit between the new item and one `d` events back weighs d ** -COVIS_DISTANCE_POWER
+COVIS_DISTANCE_POWER = 1.0
+
+
+@runtime_checkable
+class VisitorStore(Protocol):
+    """Where visitor states live. `delete` is optional: a store without it gets an empty state instead."""
+
+    def get(self, key: str) -> VisitorState | None: ...
+
+    def put(self, key: str, state: VisitorState) -> None: ...
+
+
+class InMemoryVisitorStore:
+    """A dict of live `VisitorState` objects (replay, evaluation, tests; a worker uses a faust table)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, VisitorState] = {}
+
+    def get(self, key: str) -> VisitorState | None:
+        return self.states.get(key)
+
+    def put(self, key: str, state: VisitorState) -> None:
+        self.states[key] = state
+
+    def delete(self, key: str) -> None:
+        self.states.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.states
+
+
+class Recommender:
+    """Event in, explained list out; see the module docstring for the life cycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: ItemCatalog | None = None,
+        store: VisitorStore | None = None,
+    ) -> None:
+        if catalog is None:
+            from stream_reco.core.items import ItemCatalog
+
+            catalog = ItemCatalog(settings)
+        self.settings = settings
+        self.catalog = catalog
+        self.store: VisitorStore = store if store is not None else InMemoryVisitorStore()
+        self.covis = CoVisitation(settings.covis_neighbours)
+        self.popularity = Popularity(settings.popularity_half_life_h)
+        self.rules: list[Rule] = default_rules(settings)
+        self.n_observed = 0
+        self.n_duplicates = 0
+
+    # --- model and catalogue ---
+
+    def load_model(self, artifact: ModelArtifact) -> None:
+        """Hot swap a model: the catalogue's vectors, then the popularity and co-visitation priors."""
+        self.catalog.load_model(artifact)
+        self.covis.set_prior(artifact.covis)
+        categories = {}
+        for item_id in sorted(artifact.popularity):
+            item = self.catalog.get(item_id)
+            categories[item_id] = item.category_path if item is not None else ""
+        self.popularity.set_prior(artifact.popularity, categories)
+
+    def upsert_item(self, item: object) -> None:
+        """A catalogue message: searchable at once; out-of-stock or deleted items drop out at once."""
+        self.catalog.upsert(item)  # type: ignore[arg-type]
+
+    @property
+    def model_version(self) -> str:
+        return str(getattr(self.catalog, "model_version", "none"))
+
+    # --- learning ---
+
+    def observe(self, event: Event) -> bool:
+        """Learn one event: visitor state and shop statistics. False (and no change) for a duplicate."""
+        key = event.visitor_key
+        state = self.store.get(key)
+        merged = False
+        if event.user_id and event.session_id and event.session_id != key:
+            anon = self.store.get(event.session_id)
+            if anon is not None and anon.user_id is None:
+                state = state if state is not None else VisitorState()
+                state.merge(anon, self.settings)
+                self._forget(event.session_id)
+                merged = True
+        if state is None:
+            state = VisitorState()
+        if state.has_seen_event(event.event_id):
+            self.n_duplicates += 1
+            if merged:
+                self.store.put(key, state)
+            return False
+
+        item = self.catalog.get(event.item_id)
+        vector = self.catalog.vector(event.item_id) if item is not None else None
+        category = item.category_path if item is not None and item.category else None
+        if event.event_type != "dismiss":
+            self._learn_stats(state, event, category or event.page_category)
+        state.apply(event, self.settings, vector=vector, category=category)
+        if event.event_type == "purchase" and item is not None and item.repurchasable and category:
+            state.purchase_categories.pop(category, None)  # a consumable's category stays open
+        self.store.put(key, state)
+        self.n_observed += 1
+        return True
+
+    def _learn_stats(self, state: VisitorState, event: Event, category: str | None) -> None:
+        """Co-visit the item with the visitor's recent items (closer in time counts more); count it."""
+        recent: list[tuple[str, float]] = []
+        taken = {event.item_id}
+        for distance, h in enumerate(reversed(state.history[-self.settings.covis_window :]), start=1):
+            if h[2] in POSITIVE_CODES and h[0] not in taken:
+                taken.add(h[0])
+                recent.append((h[0], distance**-COVIS_DISTANCE_POWER))
+        self.covis.observe(event.item_id, recent)
+        self.popularity.add(
+            event.item_id, category, abs(event_weight(self.settings, event.event_type)), int(event.timestamp)
+        )
+
+    def _forget(self, key: str) -> None:
+        delete = getattr(self.store, "delete", None)
+        if callable(delete):
+            delete(key)
+        else:
+            self.store.put(key, VisitorState())
+
+    # --- recommending ---
+
+    def recommend(
+        self,
+        visitor_key: str,
+        now_ms: int,
+        k: int | None = None,
+        page_category: str | None = None,
+        exclude_interacted: bool = False,
+    ) -> list[RecommendedItem]:
+        """The visitor's top `k` (default `list_size`) at time `now_ms`, each with a score and a reason.
+
+        `page_category` scopes the list to that category and its siblings (and seeds cold start);
+        without it, lists are scoped to the visitor's current page only when `scope_to_page_category`
+        is set. `exclude_interacted` drops every item the visitor interacted with before.
+        """
+        s = self.settings
+        k = s.list_size if k is None else int(k)
+        if k <= 0:
+            return []
+        state = self.store.get(visitor_key) or VisitorState()
+        scope = page_category
+        if scope is None and s.scope_to_page_category and state.session_active(now_ms, s):
+            scope = state.page_category
+        ctx = RuleContext(s, self.catalog, state, now_ms, page_category=scope, exclude_interacted=exclude_interacted)
+        n = max(k, s.overfetch * k)
+        pool = gather(
+            state,
+            self.catalog,
+            self.covis,
+            self.popularity,
+            now_ms,
+            n,
+            excluded_ids(ctx),
+            page_category,
+            s,
+            s.covis_anchor_items,
+        )
+        ids, scores, sources = self._score(pool, ctx)
+        if len(ids) < k:  # filtering left too few: widen the shop-wide best-sellers once
+            popular_candidates(pool, state, self.popularity, now_ms, scope, POPULAR_TOP_CAP, s)
+            ids, scores, sources = self._score(pool, ctx)
+        if not ids:
+            return []
+        order = stable_order(ids, scores)[: MMR_POOL_FACTOR * k]
+        ids = [ids[i] for i in order]
+        scores, sources = scores[order], sources[order]
+        picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda)
+        explainer = _Explainer(self, state, now_ms)
+        return [
+            RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
+        ]
+
+    def _score(self, pool: CandidatePool, ctx: RuleContext) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Blend the sources, apply the rules, keep the survivors (ids, scores, strongest source)."""
+        if not pool.ids:
+            return [], np.zeros(0), np.zeros(0, dtype=np.int64)
+        scores, sources = blend(pool, self.settings)
+        mult = apply_rules(self.rules, ctx, Batch.of(pool.ids, self.catalog))
+        keep = np.flatnonzero(mult > 0)
+        return [pool.ids[i] for i in keep], (scores * mult)[keep], sources[keep]
+
+    def recommendation(
+        self,
+        visitor_key: str,
+        now_ms: int,
+        trigger: Event | None = None,
+        k: int | None = None,
+        page_category: str | None = None,
+        exclude_interacted: bool = False,
+    ) -> Recommendation:
+        """The contract record for one visitor: the list plus user and session ids from the state.
+
+        `generated_at` is `now_ms` (the core has no clock); the worker may stamp its own publication time.
+        """
+        items = self.recommend(
+            visitor_key, now_ms, k=k, page_category=page_category, exclude_interacted=exclude_interacted
+        )
+        state = self.store.get(visitor_key)
+        user_id = state.user_id if state is not None else (trigger.user_id if trigger is not None else None)
+        session_id = state.session_id if state is not None else (trigger.session_id if trigger is not None else None)
+        if state is None and trigger is None:
+            session_id = visitor_key
+        return Recommendation(
+            items=tuple(items),
+            generated_at=int(now_ms),
+            user_id=user_id,
+            session_id=session_id,
+            trigger_event_id=trigger.event_id if trigger is not None else None,
+            model_version=self.model_version,
+        )
+
+    def process(self, event: Event) -> Recommendation | None:
+        """Observe the event, then the visitor's new list at the event's time; None for a duplicate."""
+        if not self.observe(event):
+            return None
+        return self.recommendation(event.visitor_key, int(event.timestamp), trigger=event)
+
+    def visitor(self, visitor_key: str) -> VisitorState | None:
+        """The stored state of a visitor (None when unknown)."""
+        return self.store.get(visitor_key)
+
+
+class _Explainer:
+    """Turns a candidate's strongest source and its evidence into a sentence (only for the final k)."""
+
+    def __init__(self, rec: Recommender, state: VisitorState, now_ms: int) -> None:
+        self.rec = rec
+        self.state = state
+        self.now_ms = now_ms
+        self._counts: dict[str, int] | None = None
+        self._session_counts: dict[str, int] | None = None
+
+    def _category_counts(self, session: bool) -> dict[str, int]:
+        """Distinct interacted items per category path, in the session or the whole kept history."""
+        cached = self._session_counts if session else self._counts
+        if cached is not None:
+            return cached
+        hist = self.state.session_history(self.now_ms, self.rec.settings) if session else self.state.history
+        items: dict[str, str] = {}
+        for item_id, _, code in hist:
+            if code in POSITIVE_CODES and item_id not in items:
+                it = self.rec.catalog.get(item_id)
+                items[item_id] = it.category_path if it is not None else ""
+        counts: dict[str, int] = {}
+        for cat in items.values():
+            if cat:
+                counts[cat] = counts.get(cat, 0) + 1
+        if session:
+            self._session_counts = counts
+        else:
+            self._counts = counts
+        return counts
+
+    def reason(self, item_id: str, source: int, pool: CandidatePool) -> str:
+        cat = self._category(item_id)
+        if source == SOURCE_COVIS and item_id in pool.covis:
+            anchor = pool.covis[item_id][1]
+            it = self.rec.catalog.get(anchor)
+            return explain.often_viewed_with(it.title if it is not None and it.title else anchor)
+        if source == SOURCE_ANN and item_id in pool.ann:
+            counts = self._category_counts(session=pool.ann[item_id][1] == SESSION_QUERY)
+            n = counts.get(cat, 0) if cat else 0
+            return explain.because_viewed(n, leaf_of(cat)) if n else explain.similar_to_liked()
+        if item_id in pool.popular:
+            pcat = pool.popular[item_id][1]
+            return explain.popular_in(leaf_of(pcat) if pcat != GLOBAL else "", self.rec.settings.popularity_half_life_h)
+        return explain.similar_to_liked()
+
+    def _category(self, item_id: str) -> str:
+        it = self.rec.catalog.get(item_id)
+        return it.category_path if it is not None else ""
