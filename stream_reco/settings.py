@@ -126,11 +126,6 @@ class Settings:
     eval_rpop_half_life_h: float = _doc(0.0, "half-life of the RPOP baseline, hours (0: the dataset's convention)")
     eval_sample_visitors: int = _doc(300, "visitors whose lists are compared for the personalisation measure")
 
-    # --- shop tools ---
-    producer_linger_ms: int = _doc(5, "how long the producer client waits to fill a batch (throughput vs latency)")
-    producer_batch_bytes: int = _doc(262_144, "largest batch per partition the producer client sends at once")
-    producer_acks: str = _doc("all", "acknowledgements the producer client waits for: all, 1 or 0")
-
     def masked(self) -> dict[str, Any]:
         """Values safe to print or log: secrets replaced by '***'."""
         out = dataclasses.asdict(self)

@@ -42,6 +42,13 @@ from stream_reco.settings import Settings
 log = logging.getLogger(__name__)
 
 CLIENT_ID = "stream-reco-producer"
+# Batching tuned for a shop's bulk loads and steady streams alike: a few ms of linger fills batches under load
+# and costs a visitor nothing noticeable; 256 KiB batches (aiokafka's default is 16 KiB) cut per-request
+# overhead ~3x in replay. acks=all: an event acknowledged is an event that survives a broker failure.
+# Override any of them with EventProducer(settings, linger_ms=..., max_batch_size=..., acks=...).
+LINGER_MS = 5
+BATCH_BYTES = 262_144
+ACKS = "all"
 # Room for the record batch framing around the largest accepted message.
 REQUEST_OVERHEAD_BYTES = 16_384
 SYNC_TIMEOUT_S = 60.0  # longest a blocking call of SyncEventProducer waits (start, flush, stop, wait=True)
@@ -103,10 +110,6 @@ def prepare_item(settings: Settings, item: Mapping[str, Any] | CatalogItem) -> P
     return Prepared(settings.catalog_topic, doc["item_id"].encode(), value)
 
 
-def _acks(value: str) -> int | str:
-    return value if value == "all" else int(value)
-
-
 class EventProducer:
     """Send contract events and catalog items from asyncio code.
 
@@ -141,10 +144,10 @@ class EventProducer:
         kw: dict[str, Any] = {
             **s.kafka_client_kwargs(),
             "client_id": CLIENT_ID,
-            "acks": _acks(s.producer_acks),
-            "linger_ms": s.producer_linger_ms,
-            "max_batch_size": s.producer_batch_bytes,
-            "max_request_size": max(s.max_message_bytes + REQUEST_OVERHEAD_BYTES, s.producer_batch_bytes),
+            "acks": ACKS,
+            "linger_ms": LINGER_MS,
+            "max_batch_size": BATCH_BYTES,
+            "max_request_size": max(s.max_message_bytes + REQUEST_OVERHEAD_BYTES, BATCH_BYTES),
         }
         kw.update(self._extra)
         return kw
@@ -163,16 +166,15 @@ class EventProducer:
 
     async def stop(self) -> None:
         """Flush what is queued, then disconnect. Raises `DeliveryError` if something was not delivered."""
-        if self._producer is None:
+        producer = self._producer
+        if producer is None:
             return
         try:
             await self.flush_batches()
-        finally:
-            producer, self._producer = self._producer, None
-        try:
             await producer.flush()
             await asyncio.sleep(0)  # let the delivery callbacks of the last batch run
         finally:
+            self._producer = None
             await producer.stop()
         self._raise_failures()
 
@@ -202,7 +204,8 @@ class EventProducer:
     async def send_batched(self, message: Prepared) -> None:
         """Queue an already checked message into a whole batch per partition (bulk loads such as replay:
         about three times the throughput of `send_prepared`). A batch goes to the broker when it is full;
-        `flush_batches()` (or `flush()`) sends the partial ones. Messages of one key keep their order."""
+        `flush_batches()` (or `flush()`) sends the partial ones. Messages of one key keep their order as long
+        as they all go through `send_batched` (call `flush_batches()` before switching to `send_prepared`)."""
         producer = self._require()
         partition = self._partition_of.get((message.topic, message.key))
         if partition is None:
@@ -221,7 +224,7 @@ class EventProducer:
             await self._send_batch(slot, entry)
             entry = self._batches[slot] = (producer.create_batch(), [0])
             if entry[0].append(key=message.key, value=message.value, timestamp=None) is None:
-                raise InvalidMessage(f"message of {len(message.value)} bytes does not fit a batch")
+                raise RuntimeError("an empty batch refused a message")  # aiokafka always takes the first one
         entry[1][0] += 1
         self.sent += 1
 

@@ -39,6 +39,7 @@ from typing import Any
 import click
 import orjson
 
+from stream_reco.schemas import InvalidMessage
 from stream_reco.settings import Settings
 from stream_reco.shop.client import DeliveryError, EventProducer, Prepared
 from stream_reco.shop.logs import LogFormatError, LogRecord, count_lines, read_log
@@ -236,10 +237,14 @@ async def replay_log_async(
                 if rec.doc is None:
                     summary.reject(names[order], rec)
                     continue
+                message = _item_message(settings, rec.doc) if order == 1 else _event_message(settings, rec.doc)
+                if len(message.value) > max_bytes:  # a CSV row's JSON can outgrow the row
+                    summary.reject(names[order], _too_large(rec, len(message.value), max_bytes))
+                    continue
                 if order == 1:
                     summary.catalog_updates += 1
                     if producer is not None:
-                        await producer.send_batched(_item_message(settings, rec.doc))
+                        await producer.send_batched(message)
                     continue
                 summary.events += 1
                 if producer is None:
@@ -251,7 +256,8 @@ async def replay_log_async(
                         await asyncio.sleep(max(0.0, due - time.monotonic()))
                 if retime:
                     rec.doc["timestamp"] = time.time_ns() // 1_000_000
-                await producer.send_batched(_event_message(settings, rec.doc))
+                    message = _event_message(settings, rec.doc)
+                await producer.send_batched(message)
         finally:
             if bar is not None:
                 bar.update(unreported)
@@ -280,6 +286,11 @@ def _event_message(settings: Settings, doc: dict[str, Any]) -> Prepared:
 
 def _item_message(settings: Settings, doc: dict[str, Any]) -> Prepared:
     return Prepared(settings.catalog_topic, doc["item_id"].encode(), orjson.dumps(doc))
+
+
+def _too_large(rec: LogRecord, size: int, max_bytes: int) -> LogRecord:
+    reason = f"message is {size} bytes, larger than the limit of {max_bytes} bytes (max_message_bytes)"
+    return LogRecord(rec.line, None, InvalidMessage(reason))
 
 
 def replay_log(

@@ -225,3 +225,35 @@ def test_duplicates_ignored_and_burst_coalesced(running: tuple[Settings, WorkerP
     assert len(lists) < len(events), "a burst is coalesced into fewer lists than events"
     # redelivered duplicates publish nothing: otherwise the last list would be triggered by burst-9
     assert lists[-1]["trigger_event_id"] == "burst-39", "the last list reflects the whole burst"
+
+
+def test_restarted_worker_recovers_visitor_state(worker_settings: Settings) -> None:
+    """Visitor state lives in a changelogged table: a new worker process picks it up."""
+    from stream_reco.stream.topics import ensure_topics
+
+    ensure_topics(worker_settings)
+    send_items(worker_settings, catalog())
+    reader = TopicReader(worker_settings, worker_settings.recommendations_topic)
+    first = WorkerProcess(worker_settings, name="first")
+    try:
+        first.wait_ready()
+        visit = Visit(worker_settings, reader, session="s-r", user="u-restart")
+        for i in range(4):
+            rec = visit.send("view", f"spade-{i}")
+        dismissed = ids(rec)[0]
+        visit.send("dismiss", dismissed)
+        visit.send("purchase", "kettle-1")
+    finally:
+        first.stop()
+    assert not first.crashed(), first.output()
+
+    second = WorkerProcess(worker_settings, name="second")
+    try:
+        second.wait_ready()
+        rec = visit.send("view", "mixer-1")
+    finally:
+        second.stop()
+    assert not second.crashed(), second.output()
+    assert dismissed not in ids(rec), "the dismissal survived the restart"
+    assert not [x for x in ids(rec) if kind_of(x) == "kettle"], "the purchase suppression survived the restart"
+    assert any(kind_of(x) == "spade" for x in ids(rec)), "the interest in spades survived the restart"
