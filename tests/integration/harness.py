@@ -7,85 +7,17 @@ variables (exactly as a deployment would), and tests talk to it through the topi
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_reco.settings import Settings
-from stream_reco.stream.app import READY_LINE
+from stream_reco.stream.process import WorkerProcess
 
-STREAM_RECO = str(Path(sys.executable).with_name("stream-reco"))
-READY_TIMEOUT_S = 90.0
-
-
-class WorkerProcess:
-    """A `stream-reco worker` child process whose output is captured for assertions and diagnosis."""
-
-    def __init__(self, settings: Settings, name: str = "worker", loglevel: str = "warn") -> None:
-        self.settings = settings
-        self.name = name
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        env.pop("STREAM_RECO_CONFIG", None)
-        self.proc = subprocess.Popen(
-            [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if READY_LINE in line:
-                self._ready.set()
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.2):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.output()}")
-
-    def output(self, last: int = 60) -> str:
-        return "\n".join(self.lines[-last:])
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._reader.join(5)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """kill -9: no chance to commit, flush or leave the group."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def crashed(self) -> bool:
-        text = "\n".join(self.lines)
-        return "Traceback" in text or "Crashed reason" in text
+__all__ = ["TopicReader", "WorkerProcess", "produce", "send_events", "send_items"]
 
 
 async def produce(settings: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:

@@ -153,6 +153,15 @@ def test_dry_run_reports_rejections_and_sends_nothing(mixed_jsonl: Path) -> None
     assert str(summary.rejections[1]).startswith("log.jsonl line 4: event_type:")
 
 
+def test_a_csv_row_whose_json_outgrows_the_limit_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(f"{CSV_HEADER}\ne-1,view,u-1,,sku-1,{T0},{'c' * 60},,,\ne-2,view,u-1,,sku-2,{T0},,,,\n")
+    summary = replay_log(Settings(bootstrap="127.0.0.1:1", max_message_bytes=150), path, dry_run=True,
+                         progress=False)
+    assert summary.events == 1 and summary.rejected == 1
+    assert summary.rejections[0].line == 2 and "larger than the limit" in summary.rejections[0].reason
+
+
 def test_only_the_first_rejections_are_kept(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "bad.jsonl", ["{"] * (MAX_REPORTED_REJECTIONS + 5))
     summary = replay_log(Settings(bootstrap="127.0.0.1:1"), path, dry_run=True, progress=False)
