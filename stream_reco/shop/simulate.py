@@ -53,6 +53,8 @@ import click
 import numpy as np
 import orjson
 
+from stream_reco.settings import Settings
+
 # A fixed origin (2025-11-01T00:00:00Z) so the output never depends on the clock.
 SIM_START_MS = 1_761_955_200_000
 DAY_MS = 86_400_000
@@ -282,8 +284,8 @@ class ShopSimulator:
     times, and always come out the same.
 
     >>> sim = ShopSimulator("tiny", seed=7)
-    >>> next(sim.catalog())["category"]  # doctest: +SKIP
-    ['Kitchen', 'Appliances', 'Kettles']
+    >>> next(sim.catalog())["title"]
+    'Vantage Haze trousers 948, black'
     """
 
     def __init__(self, size: str = "tiny", seed: int = 42, behaviour: Behaviour = BEHAVIOUR) -> None:
@@ -717,7 +719,7 @@ def write_shop(out_dir: str | os.PathLike[str], size: str = "tiny", seed: int = 
 def simulate_cmd(state: Any, out_dir: str, size: str, seed: int | None, progress: bool | None) -> None:
     """Write a deterministic synthetic shop: same size and seed, byte-identical files."""
     if seed is None:
-        seed = state.settings.seed if state is not None else 42
+        seed = state.settings.seed if state is not None else Settings().seed
     r = write_shop(out_dir, size=size, seed=seed, progress=progress)
     by_type = ", ".join(f"{k} {v}" for k, v in r.counts_by_type.items())
     click.echo(f"wrote {r.items} items, {r.events} events ({by_type}) and {r.catalog_updates} catalog updates "

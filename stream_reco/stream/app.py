@@ -180,7 +180,13 @@ class RecoWorker:
         self.app.timer(settings.model_poll_s)(self._watch_model)
         self.app.timer(STATS_INTERVAL_S)(self._log_stats)
         if settings.web_port > 0:
-            self.app.page("/recommendations/{visitor}")(self._recommendations_view)
+            worker = self  # faust builds a View class from the handler: a plain function, not a bound method
+
+            async def recommendations(view: Any, request: Any, visitor: str) -> Any:
+                """GET /recommendations/{visitor}: the latest list this worker published for the visitor."""
+                return await worker._recommendations_view(view, request, visitor)
+
+            self.app.page("/recommendations/{visitor}")(recommendations)
 
     # --- events ---------------------------------------------------------------------------------------
     async def _process_events(self, stream: Any) -> None:
@@ -324,7 +330,15 @@ class RecoWorker:
         log.info("stats %s", self.stats.snapshot())
 
     async def _recommendations_view(self, web: Any, request: Any, visitor: str) -> Any:
+        """The list last published by this worker; after a restart, one computed from the recovered state.
+
+        Only the worker owning the visitor's partition knows the visitor: with several workers, put a
+        router in front or read the compacted recommendations topic instead (see the README).
+        """
         value = self.latest_lists.get(visitor)
+        if value is None and self.store.get(visitor) is not None:
+            rec = self.recommender.recommendation(visitor, now_ms=int(time.time() * 1000))
+            value = orjson.dumps(rec.to_dict())
         if value is None:
-            return web.json({"error": f"no list published by this worker for {visitor!r}"}, status=404)
+            return web.json({"error": f"visitor {visitor!r} is not known to this worker"}, status=404)
         return web.bytes(value, content_type="application/json")

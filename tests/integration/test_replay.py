@@ -17,7 +17,8 @@ from stream_reco.shop.replay import replay_log
 from stream_reco.shop.simulate import write_shop
 from stream_reco.shop.tail import iter_recommendations
 from stream_reco.stream.topics import ensure_topics_async
-from tests.integration.test_client import consume, total_messages
+
+from .test_client import consume, total_messages
 
 pytestmark = pytest.mark.integration
 

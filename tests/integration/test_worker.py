@@ -257,3 +257,32 @@ def test_restarted_worker_recovers_visitor_state(worker_settings: Settings) -> N
     assert dismissed not in ids(rec), "the dismissal survived the restart"
     assert not [x for x in ids(rec) if kind_of(x) == "kettle"], "the purchase suppression survived the restart"
     assert any(kind_of(x) == "spade" for x in ids(rec)), "the interest in spades survived the restart"
+
+
+def test_http_endpoint_serves_the_latest_list(worker_settings: Settings) -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from stream_reco.stream.topics import ensure_topics
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = worker_settings.replace(web_port=port)
+    ensure_topics(settings)
+    send_items(settings, catalog())
+    reader = TopicReader(settings, settings.recommendations_topic)
+    worker = WorkerProcess(settings, web_port=port)
+    try:
+        worker.wait_ready()
+        rec = Visit(settings, reader, session="s-h", user="u-http").send("view", "sofa-2")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/recommendations/u-http", timeout=10) as resp:
+            served = orjson.loads(resp.read())
+        assert served == rec
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/recommendations/nobody", timeout=10)
+        assert err.value.code == 404
+    finally:
+        worker.stop()
+    assert not worker.crashed(), worker.output()

@@ -89,7 +89,10 @@ def test_unknown_key_in_toml_is_an_error(tmp_path: Path) -> None:
 
 
 def test_secrets_never_in_repr_or_masked() -> None:
-    s = Settings.load(env={"STREAM_RECO_SASL_PASSWORD": "hunter2", "STREAM_RECO_SASL_USERNAME": "shop"})
+    s = Settings.load(env={
+        "STREAM_RECO_SASL_PASSWORD": "hunter2", "STREAM_RECO_SASL_USERNAME": "shop",
+        "STREAM_RECO_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "STREAM_RECO_SASL_MECHANISM": "PLAIN",
+    })
     assert "hunter2" not in repr(s)
     assert "hunter2" not in str(s.masked())
     assert s.masked()["sasl_username"] == "shop"
