@@ -5,7 +5,7 @@ the machine has 2 cores and no GPU, and the only dependencies are numpy and scip
 visitor's recent window is the signal that works on such logs (it is what COVIS and SKNN exploit); PPMI
 (positive pointwise mutual information, with word2vec's context-distribution smoothing) removes the
 popularity bias of raw counts, and a truncated SVD of the PPMI matrix is the closed-form equivalent of
-skip-gram with negative sampling (Levy & Goldberg, 2014). It is deterministic with a seeded start vector,
+skip-gram with negative sampling (Levy & Goldberg, 2014). It is deterministic with a seeded sketch,
 trains JD (26k items) in seconds, and needs no epochs or learning rates to tune. ALS (`implicit`) was not
 worth a new dependency: on visitor-window data it factorises the same co-occurrence with more knobs.
 
@@ -14,7 +14,8 @@ Steps (`train`):
    pairs with the same visitor's previous `covis_window` events; a pair at distance d counts
    sqrt(w_a * w_b) / d, where w is the event type's weight (`weight_view`, `weight_add_to_cart`,
    `weight_purchase`; non-target kinds such as Taobao `fav` arrive as views). Counts are symmetric.
-2. PPMI with smoothing `train_ppmi_smoothing`, then `svds` with k = `embedding_dim`; item vectors are
+2. PPMI with smoothing `train_ppmi_smoothing`, then a randomised truncated SVD with k = `embedding_dim`
+   (`scipy.sparse.linalg.svds` was 10x slower for the same factors); item vectors are
    U * sqrt(S) (the usual eigenvalue weighting), L2-normalised.
 3. Items with few interactions have noisy vectors. Their vector is blended with the content vector the
    core would give them (`core.content.FeatureProjector`: the mean trained vector of the catalogue
@@ -39,7 +40,7 @@ from typing import Any
 import click
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import svds
+from scipy.linalg import solve_triangular
 from tqdm import tqdm
 
 from stream_reco.core.content import ContentEncoder, FeatureProjector, item_features, normalise
@@ -51,8 +52,13 @@ log = logging.getLogger(__name__)
 
 METHOD = "ppmi-svd"
 MS_PER_HOUR = 3_600_000
-#: below this many items a dense SVD is used (svds needs k < min(shape) and is slower on tiny matrices)
+#: below this many items an exact dense SVD is used (cheap, and the randomised one needs n > dim)
 DENSE_SVD_MAX_ITEMS = 2_000
+#: randomised SVD: extra sketch columns and power iterations (accuracy of the leading factors)
+RSVD_OVERSAMPLE = 16
+RSVD_POWER_ITERATIONS = 5
+#: relative ridge of the Cholesky QR (keeps rank-deficient sketches factorisable)
+CHOLESKY_RIDGE = 1e-12
 #: vectors shorter than this are treated as "no co-occurrence signal"
 MIN_NORM = 1e-9
 #: decimals kept in the JSON priors (smaller files, no meaningful precision lost)
@@ -165,21 +171,53 @@ def ppmi(counts: sp.csr_matrix, smoothing: float) -> sp.csr_matrix:
     return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
 
 
+def orthonormalise(block: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of a tall, thin block's columns by Cholesky QR, done twice for accuracy.
+
+    LAPACK's Householder QR of a [20k, 80] block takes ~0.3-1 s here; the Gram matrix route takes ~20 ms.
+    A ridge of `CHOLESKY_RIDGE` x trace keeps the factorisation defined when columns are dependent.
+    """
+    q = np.asarray(block, dtype=np.float64)
+    for _ in range(2):
+        gram = q.T @ q
+        gram[np.diag_indices_from(gram)] += CHOLESKY_RIDGE * max(float(np.trace(gram)), MIN_NORM)
+        lower = np.linalg.cholesky(gram)
+        q = solve_triangular(lower, q.T, lower=True).T
+    return q
+
+
+def randomized_svd(matrix: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k left singular vectors and values by randomised range finding (Halko, Martinsson, Tropp 2011).
+
+    A seeded Gaussian sketch with `RSVD_OVERSAMPLE` extra columns and `RSVD_POWER_ITERATIONS` power
+    iterations: on PPMI matrices it matches ARPACK's leading factors to within noise at a fraction of the
+    time (JD: about 2 s instead of 25 s on 2 cores), and it is deterministic for a seed.
+    """
+    n_rows, n_cols = matrix.shape
+    width = min(k + RSVD_OVERSAMPLE, n_rows, n_cols)
+    sketch = np.random.default_rng(seed).standard_normal((n_cols, width))
+    q = orthonormalise(matrix @ sketch)
+    transposed = matrix.T.tocsr()
+    for _ in range(RSVD_POWER_ITERATIONS):
+        q = orthonormalise(transposed @ q)
+        q = orthonormalise(matrix @ q)
+    small = np.asarray((transposed @ q).T)  # q.T @ matrix, [width, n_cols]
+    u_small, s, _ = np.linalg.svd(small, full_matrices=False)
+    return (q @ u_small)[:, :k], s[:k]
+
+
 def factorise(matrix: sp.csr_matrix, dim: int, seed: int) -> np.ndarray:
     """[n, dim] item factors U * sqrt(S) of the truncated SVD (zero columns when the rank is lower)."""
     n = matrix.shape[0]
     out = np.zeros((n, dim), dtype=np.float64)
     if n == 0 or matrix.nnz == 0:
         return out
-    if n <= DENSE_SVD_MAX_ITEMS or dim >= n - 1:
+    if n <= DENSE_SVD_MAX_ITEMS:
         u, s, _ = np.linalg.svd(matrix.toarray(), full_matrices=False)
-        r = min(dim, s.shape[0])
-        out[:, :r] = u[:, :r] * np.sqrt(s[:r])
-        return out
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    u, s, _ = svds(matrix.astype(np.float64), k=dim, v0=v0, random_state=seed)
-    order = np.argsort(-s)
-    out[:, :] = u[:, order] * np.sqrt(np.maximum(s[order], 0.0))
+    else:
+        u, s = randomized_svd(matrix.astype(np.float64), dim, seed)
+    r = min(dim, s.shape[0])
+    out[:, :r] = u[:, :r] * np.sqrt(np.maximum(s[:r], 0.0))
     return out
 
 

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream_reco import schemas
-from stream_reco.core.events import Event
+from stream_reco.core.events import CatalogItem, Event
 from stream_reco.core.recommender import Recommender
 from stream_reco.core.state import VisitorState
 from stream_reco.model import artifact as model_artifact
@@ -126,6 +126,7 @@ class RecoWorker:
     """One faust app with its topics, table, agents and the core recommender."""
 
     def __init__(self, settings: Settings, recommender: Recommender | None = None) -> None:
+        schemas.load_schemas()  # a broken install fails here, before any message is consumed
         self.settings = settings
         self.stats = WorkerStats()
         self.catalog_ready = asyncio.Event()
@@ -270,6 +271,11 @@ class RecoWorker:
             await consumer.stop()
 
     async def _apply_catalog(self, msg: Any) -> None:
+        if msg.value is None and msg.key:
+            # a tombstone on the compacted catalog topic is Kafka's way of deleting the key's item
+            self.recommender.upsert_item(CatalogItem(item_id=msg.key.decode("utf-8", "replace"), deleted=True))
+            self.stats.counts["catalog_updates"] += 1
+            return
         raw = msg.value or b""
         try:
             item = schemas.decode_item(raw, max_bytes=self.settings.max_message_bytes)

@@ -20,7 +20,7 @@ from stream_reco.stream.process import WorkerProcess
 __all__ = ["TopicReader", "WorkerProcess", "produce", "send_events", "send_items"]
 
 
-async def produce(settings: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+async def produce(settings: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
     producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), linger_ms=5)
     await producer.start()
     n = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from stream_reco.settings import Settings
 
-from .harness import TopicReader, WorkerProcess, send_events, send_items
+from .harness import TopicReader, WorkerProcess, produce, send_events, send_items
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,7 @@ def ids(rec: dict[str, Any]) -> list[str]:
 
 
 def test_scripted_visit(running: tuple[Settings, WorkerProcess]) -> None:
-    settings, worker = running
+    settings, _ = running
     reader = TopicReader(settings, settings.recommendations_topic)
     visit = Visit(settings, reader, session="s-anon-1")
 
@@ -146,6 +147,13 @@ def test_scripted_visit(running: tuple[Settings, WorkerProcess]) -> None:
     time.sleep(1.0)  # the catalog topic is read by its own consumer
     rec = visit.send("view", "table-2", page_category="Furniture/Living room/Coffee tables")
     assert gone not in ids(rec)
+
+    # a tombstone (null value) on the compacted catalog topic deletes the item
+    deleted = ids(rec)[0]
+    asyncio.run(produce(settings, settings.catalog_topic, [(deleted.encode(), None)]))
+    time.sleep(1.0)
+    rec = visit.send("view", "table-4", page_category="Furniture/Living room/Coffee tables")
+    assert deleted not in ids(rec)
 
     # login: the session's history is joined to the user
     visit.user = "u-login-1"
