@@ -43,6 +43,8 @@ def singular(noun_phrase: str) -> str:
         new = low
     elif low.endswith("ies"):
         new = low[:-3] + "y"
+    elif low.endswith("lves"):
+        new = low[:-3] + "f"
     elif low.endswith(("ches", "shes", "sses", "xes", "zes")):
         new = low[:-2]
     elif low.endswith("s"):
@@ -62,6 +64,8 @@ def plural(noun_phrase: str) -> str:
         new = last
     elif low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
         new = last[:-1] + "ies"
+    elif low.endswith("lf"):
+        new = last[:-1] + "ves"
     elif low.endswith(("s", "x", "z", "ch", "sh")):
         new = last + "es"
     else:
@@ -81,7 +85,7 @@ def because_viewed(count: int, leaf_category: str) -> str:
         return SIMILAR_FALLBACK
     if not _is_wordy(name):
         noun = "item" if count == 1 else "items"
-        return f"Because you viewed {_count_word(count)} {noun} in {name}"
+        return f"Because you viewed {count} {noun} in {name}"
     low = name.lower()
     if low in _UNCOUNTABLE:
         return f"Because you viewed {low}"
@@ -90,10 +94,6 @@ def because_viewed(count: int, leaf_category: str) -> str:
         article = "an" if one[:1] in "aeiou" else "a"
         return f"Because you viewed {article} {one}"
     return f"Because you viewed {count} {plural(low)}"
-
-
-def _count_word(count: int) -> str:
-    return "1" if count == 1 else str(count)
 
 
 def short_title(title: str, limit: int = TITLE_MAX_CHARS) -> str:

@@ -66,6 +66,9 @@ GROWTH_FACTOR = 2
 #: exact search keeps rows within this cosine of the k-th score as candidates, so rows tied up to a few
 #: float32 rounding steps (BLAS may sum identical dot products differently by position) are ordered by id
 TIE_TOLERANCE = 1e-5
+#: after a failed background build, the next one waits until the delta has grown by this factor, so a
+#: persistent failure (e.g. out of memory) costs a logarithmic number of attempts, not one per upsert
+REBUILD_RETRY_GROWTH = 2
 
 
 class CatalogError(ValueError):
@@ -118,6 +121,8 @@ class _Space:
         self.synced_to: _Snapshot | None = self.snapshot
         self.builder: threading.Thread | None = None
         self.build_error: BaseException | None = None
+        #: delta size when the last build started (retries after a failure wait for it to grow)
+        self.delta_at_build = 0
 
     @property
     def n(self) -> int:
@@ -268,7 +273,10 @@ class ItemCatalog:
         self._items[item.item_id] = item
         self._apply(space, item)
         space.sync()
-        if len(space.delta) > self.settings.delta_rebuild_items:
+        pending = len(space.delta)
+        if pending > self.settings.delta_rebuild_items and (
+            space.build_error is None or pending >= REBUILD_RETRY_GROWTH * space.delta_at_build
+        ):
             self.rebuild(background=True)
 
     def _apply(self, space: _Space, item: CatalogItem) -> None:
@@ -422,6 +430,7 @@ class ItemCatalog:
             space.sync()
             return
         matrix, blocked = space.matrix, space.blocked  # references: the owner replaces, never resizes, them
+        space.delta_at_build = len(space.delta)
         settings = self.settings
 
         def build() -> None:

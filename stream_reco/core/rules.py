@@ -245,5 +245,9 @@ def excluded_ids(ctx: RuleContext) -> list[str]:
         if i not in s.dismissed and not (item is not None and item.repurchasable):
             out.append(i)
     if ctx.exclude_interacted:
-        out.extend(i for i in s.seen if i not in s.dismissed and i not in s.purchased)
+        taken = set(out)
+        for i in [*s.purchased, *s.seen]:
+            if i not in taken:
+                taken.add(i)
+                out.append(i)
     return out

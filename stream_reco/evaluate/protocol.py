@@ -259,37 +259,67 @@ class QualityTracker:
 class StreamRecoMethod:
     """Our core `Recommender` behind the protocol's interface.
 
-    `fit` trains an artifact on the training part with `stream_reco.model.train.train`, loads it, feeds the
-    catalog, and replays the training part through `observe` so that visitor state and statistics are warm
-    when the test starts, exactly as a worker that consumed the same history would be.
+    `fit` trains an artifact on the training part with `stream_reco.model.train.train`, loads it, and
+    replays the training part through `observe`, so visitor state and statistics are warm when the test
+    starts, exactly as a worker that consumed the same history would be.
+
+    Catalogue. With an explicit catalogue (`catalog_upfront`, e.g. a shop's catalog.jsonl) every item is
+    upserted before training, as the catalog topic would have announced it. A catalogue derived from the
+    log itself (the shared datasets) is announced item by item when the item first appears in the stream,
+    after the list for that event was asked for: otherwise our method alone would know items the log has
+    not shown yet. Items the dataset says nothing about get a bare catalogue entry (the core recommends only
+    items the catalogue describes).
     """
 
     name = OURS
 
-    def __init__(self, settings: Settings, catalog: Sequence[CatalogItem], progress: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Sequence[CatalogItem],
+        *,
+        catalog_upfront: bool = False,
+        progress: bool = True,
+    ) -> None:
         self.settings = settings
-        self.catalog = list(catalog)
+        self.catalog = {item.item_id: item for item in catalog}
+        self.catalog_upfront = catalog_upfront
         self.progress = progress
         self.recommender: Any = None
         self.artifact: Any = None
         self.train_s = 0.0
+        self._announced: set[str] = set()
+
+    def _item(self, item_id: str) -> CatalogItem:
+        return self.catalog.get(item_id) or CatalogItem(item_id=item_id)
+
+    def _announce(self, item_id: str) -> None:
+        if item_id not in self._announced:
+            self._announced.add(item_id)
+            self.recommender.upsert_item(self._item(item_id))
 
     def fit(self, records: Sequence[LogRecord]) -> None:
         from stream_reco.core.recommender import Recommender
         from stream_reco.model.train import train
 
+        if self.catalog_upfront:
+            known = list(self.catalog.values())
+        else:
+            seen: dict[str, None] = dict.fromkeys(r.event.item_id for r in records)
+            known = [self._item(item_id) for item_id in seen]
         t0 = time.perf_counter()
-        self.artifact = train(records, self.catalog, self.settings, progress=self.progress)
+        self.artifact = train(records, known, self.settings, progress=self.progress)
         self.train_s = time.perf_counter() - t0
         self.recommender = Recommender(self.settings)
-        for item in self.catalog:
-            self.recommender.upsert_item(item)
+        for item in known:
+            self._announce(item.item_id)
         self.recommender.load_model(self.artifact)
         for record in tqdm(records, desc="warm up stream_reco", unit="ev", disable=not self.progress,
                            mininterval=1.0):
             self.recommender.observe(record.event)
 
     def learn(self, record: LogRecord) -> None:
+        self._announce(record.event.item_id)
         self.recommender.observe(record.event)
 
     def recommend(self, visitor: str, now_ms: int, k: int, exclude: AbstractSet[str] | None = None) -> list[str]:

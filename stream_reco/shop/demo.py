@@ -169,7 +169,8 @@ def _split_log(shop: Path, train_fraction: float) -> tuple[Path, Path]:
 def run_demo(base: Settings, size: str, seed: int, rate: float, max_events: int | None,
              show_every_s: float, train_fraction: float) -> int:
     from stream_reco import broker
-    from stream_reco.model.train import train_files
+    from stream_reco.evaluate.loaders import load_log
+    from stream_reco.model.train import train_and_save
     from stream_reco.shop.simulate import write_shop
     from stream_reco.stream.process import WorkerProcess
     from stream_reco.stream.topics import ensure_topics
@@ -193,8 +194,9 @@ def run_demo(base: Settings, size: str, seed: int, rate: float, max_events: int 
         train_log, replay_log = _split_log(work, train_fraction)
 
         click.secho(f"3/5 training item embeddings on the first {train_fraction:.0%} of the log", bold=True)
-        model_path = train_files(base.replace(data_dir=str(work)), train_log, work / "catalog.jsonl")
-        click.echo(f"    model artifact {model_path}")
+        loaded = load_log(train_log, work / "catalog.jsonl")
+        artifact, model_path = train_and_save(loaded.records, loaded.catalog, base.replace(data_dir=str(work)))
+        click.echo(f"    model {artifact.version}: {len(artifact.item_ids)} item vectors -> {model_path}")
 
         settings = demo_settings(base.replace(data_dir=str(work)), run, model_path)
         click.secho("4/5 starting a worker", bold=True)

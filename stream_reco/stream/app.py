@@ -40,11 +40,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream_reco import schemas
-from stream_reco.core.events import CatalogItem, Event
+from stream_reco.core.events import CatalogItem, Event, Recommendation
 from stream_reco.core.recommender import Recommender
 from stream_reco.core.state import VisitorState
 from stream_reco.model import artifact as model_artifact
 from stream_reco.settings import Settings
+from stream_reco.stream.recovery import NotRecovering, StatsRecovery
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,9 @@ class RecoWorker:
         )
         self.store = TableStore(self.visitors, settings.partitions)
         self.recommender = recommender or Recommender(settings, store=self.store)
+        # statistics live only in memory: rebuilt from the events topic per partition (stream/recovery.py)
+        self.recovery = StatsRecovery(settings, self.recommender, self.store)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.app.agent(self.events_topic, name="stream_reco.process_events")(self._process_events)
         self.app.task(self._consume_catalog)
         self.app.timer(settings.model_poll_s)(self._watch_model)
@@ -199,10 +203,13 @@ class RecoWorker:
     async def handle_batch(self, batch: Sequence[Any]) -> None:
         """Apply every event of the batch in order, then publish one list per visitor touched."""
         triggers: dict[str, Event] = {}
+        replayed: dict[str, tuple[Event, Recommendation]] = {}  # lists of redelivered events (recovery.py)
         max_bytes = self.settings.max_message_bytes
         for fevent in batch:
             msg = fevent.message
-            raw = fevent.value if isinstance(fevent.value, bytes | bytearray) else bytes(fevent.value or b"")
+            await self.recovery.before(msg.partition, msg.offset)
+            value = fevent.value  # None for a tombstone: decode_event says so, instead of "not valid JSON"
+            raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
             try:
                 event = schemas.decode_event(raw, max_bytes=max_bytes)
             except schemas.InvalidMessage as exc:
@@ -210,16 +217,26 @@ class RecoWorker:
                 continue
             self.store.current_key = event.visitor_key
             self.store.partition = msg.partition
+            shadow_rec = self.recovery.replay_redelivered(msg.partition, msg.offset, event)
+            if not isinstance(shadow_rec, NotRecovering):
+                if shadow_rec is not None:
+                    replayed[event.visitor_key] = (event, shadow_rec)
+                    triggers.pop(event.visitor_key, None)
+                continue
             if not self.recommender.observe(event):
                 self.stats.counts["duplicates"] += 1
                 continue
             self.stats.counts["events"] += 1
             triggers[event.visitor_key] = event
+            replayed.pop(event.visitor_key, None)
+        for key, (event, rec) in replayed.items():
+            await self._publish(key, event, rec)
         for key, event in triggers.items():
             await self._publish(key, event)
 
-    async def _publish(self, key: str, trigger: Event) -> None:
-        rec = self.recommender.recommendation(key, now_ms=trigger.timestamp, trigger=trigger)
+    async def _publish(self, key: str, trigger: Event, rec: Recommendation | None = None) -> None:
+        if rec is None:
+            rec = self.recommender.recommendation(key, now_ms=trigger.timestamp, trigger=trigger)
         doc = rec.to_dict()
         now_ms = time.time() * 1000.0
         doc["generated_at"] = int(now_ms)
@@ -229,7 +246,7 @@ class RecoWorker:
         await self.recommendations_topic.send(key=key.encode(), value=value)
         self.stats.counts["lists"] += 1
 
-    async def _dead_letter(self, msg: Any, raw: bytes, exc: schemas.InvalidMessage | str) -> None:
+    async def _dead_letter(self, msg: Any, raw: bytes | None, exc: schemas.InvalidMessage | str) -> None:
         record = schemas.dead_letter_record(
             raw, exc, topic=msg.topic, partition=msg.partition, offset=msg.offset,
             received_at=int(time.time() * 1000),
@@ -333,7 +350,10 @@ class RecoWorker:
         self._swap_model(path, art)
 
     async def _log_stats(self) -> None:
-        log.info("stats %s", self.stats.snapshot())
+        log.info("stats %s", {**self.stats.snapshot(), **self.recovery.snapshot()})
+
+    async def _on_partitions_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        self.recovery.forget({tp.partition for tp in revoked if tp.topic == self.settings.events_topic})
 
     async def _recommendations_view(self, web: Any, request: Any, visitor: str) -> Any:
         """The list last published by this worker; after a restart, one computed from the recovered state.

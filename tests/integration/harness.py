@@ -7,6 +7,7 @@ variables (exactly as a deployment would), and tests talk to it through the topi
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -87,3 +88,53 @@ class TopicReader:
             if k is not None:
                 out[k.decode()] = orjson.loads(v)
         return out
+
+
+# --- reliability helpers (tests/integration/test_reliability_*.py) -----------------------------------------------
+
+# Below Linux's ephemeral range (32768+), so no outgoing client connection can take a port between the moment it
+# is found free and the moment a private broker binds it (same reasoning as test_broker.py).
+PRIVATE_PORT_BASE = 23192
+PRIVATE_PORT_SPAN = 4000
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1 for a private broker (never the shared one on 9092)."""
+    from stream_reco import broker
+
+    ports: list[int] = []
+    offset = os.getpid() % PRIVATE_PORT_SPAN
+    for i in range(PRIVATE_PORT_SPAN):
+        port = PRIVATE_PORT_BASE + (offset + i) % PRIVATE_PORT_SPAN
+        if broker._port_free(port) and not broker._port_open(port):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"no {count} free ports in {PRIVATE_PORT_BASE}..{PRIVATE_PORT_BASE + PRIVATE_PORT_SPAN}")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, poll_s: float = 0.2) -> float:
+    """Poll `condition` until it holds; return the seconds it took. Raises TimeoutError naming `what`."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"{what}: not reached after {timeout:.0f} s")
+        time.sleep(poll_s)
+    return time.monotonic() - began
+
+
+def list_signature(rec: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """What two published lists must agree on to be 'the same list': items, scores (as published), reasons."""
+    return [(i["item_id"], i["score"], i["reason"]) for i in rec["items"]]
+
+
+def final_list_mismatches(expected: dict[str, Any], got: dict[str, dict[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """Visitors whose latest published list differs from the in-process replay's (`core.replay.replay` output)."""
+    out = []
+    for key, rec in expected.items():
+        want = (rec.trigger_event_id, [(i.item_id, round(i.score, 6), i.reason) for i in rec.items])
+        doc = got.get(key)
+        have = (doc["trigger_event_id"], list_signature(doc)) if doc is not None else None
+        if have is None or (want[0], want[1]) != (have[0], [tuple(x) for x in have[1]]):
+            out.append((key, want, have))
+    return out

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from stream_reco.core.events import CatalogItem, Event
+from stream_reco.core.items import ItemCatalog
 from stream_reco.model.artifact import ModelArtifact
 from stream_reco.settings import Settings
 
@@ -80,13 +81,8 @@ def make_artifact(items: Iterable[CatalogItem] | None = None, seed: int = 7, ver
     )
 
 
-def make_catalog(settings: Settings | None = None, artifact: ModelArtifact | None = None):  # noqa: ANN201
+def make_catalog(settings: Settings | None = None, artifact: ModelArtifact | None = None) -> ItemCatalog:
     """The real `ItemCatalog`, loaded with the fixture artifact and its items."""
-    try:
-        from stream_reco.core.items import ItemCatalog
-    except ImportError:
-        ItemCatalog = _TempCatalog  # noqa: N806
-
     settings = settings or make_settings()
     catalog = ItemCatalog(settings)
     artifact = artifact or make_artifact()
@@ -119,60 +115,3 @@ def ev(
         page_category=page_category,
     )
 
-
-class _TempCatalog:  # TEMPORARY stand-in until stream_reco.core.items lands; removed afterwards
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._items: dict[str, CatalogItem] = {}
-        self._vec: dict[str, np.ndarray] = {}
-        self.model_version = "none"
-
-    def load_model(self, artifact: ModelArtifact) -> None:
-        self.model_version = artifact.version
-        for it in artifact.catalog:
-            self._items.setdefault(it.item_id, it)
-        for i, v in zip(artifact.item_ids, artifact.vectors, strict=True):
-            self._vec[i] = v.astype(np.float32)
-
-    def upsert(self, item: CatalogItem) -> None:
-        self._items[item.item_id] = item
-
-    def get(self, item_id: str) -> CatalogItem | None:
-        return self._items.get(item_id)
-
-    def vector(self, item_id: str) -> np.ndarray | None:
-        return self._vec.get(item_id) if item_id in self._items else None
-
-    def vectors(self, item_ids):  # noqa: ANN001, ANN201
-        out = np.zeros((len(item_ids), DIM), dtype=np.float32)
-        for n, i in enumerate(item_ids):
-            v = self.vector(i)
-            if v is not None:
-                out[n] = v
-        return out
-
-    def is_recommendable(self, item_id: str) -> bool:
-        it = self._items.get(item_id)
-        return it is not None and it.recommendable
-
-    def category_of(self, item_id: str) -> tuple[str, ...]:
-        it = self._items.get(item_id)
-        return it.category if it else ()
-
-    def search_many(self, queries, k, exclude=()):  # noqa: ANN001, ANN201
-        ids = sorted(i for i in self._items if self.is_recommendable(i) and i in self._vec and i not in set(exclude))
-        if not ids:
-            return [[] for _ in queries]
-        m = np.stack([self._vec[i] for i in ids])
-        out = []
-        for q in queries:
-            s = m @ q
-            order = np.lexsort((np.arange(len(ids)), -s))[:k]
-            out.append([(ids[j], float(s[j])) for j in order])
-        return out
-
-    def search(self, query, k, exclude=()):  # noqa: ANN001, ANN201
-        return self.search_many(query[None, :], k, exclude)[0]
-
-    def __len__(self) -> int:
-        return len(self._items)

@@ -205,12 +205,17 @@ def test_new_items_are_projected_among_their_trained_peers() -> None:
     cat.upsert(new)
     v = cat.vector("new-phone")
     assert v is not None
-    assert cos(v, centres[new.category]) > 0.8
+    peers = [i.item_id for i in items if i.category == new.category]
+    peer_cos = [cos(cat.vector(i), centres[new.category]) for i in peers]  # type: ignore[arg-type]
+    # placed like a typical peer: close to the leaf's centre, yet not closer than every trained peer
+    assert 0.7 < cos(v, centres[new.category]) < max(peer_cos)
     neighbours = cat.search(v, 9, exclude={"new-phone"})
     assert all(cat.category_of(i) == new.category for i, _ in neighbours[:8])
-    # a visitor who looked at that leaf's items is offered the new item before anyone touched it
-    interest = cat.vectors([i.item_id for i in items if i.category == new.category][:4]).mean(axis=0)
-    assert "new-phone" in [i for i, _ in cat.search(interest, 10)]
+    # a visitor who looked at that leaf's items is offered the new item before anyone touched it,
+    # among the leaf's items, not ahead of all of them
+    interest = cat.vectors(peers[:4]).mean(axis=0)
+    ranked = [i for i, _ in cat.search(interest, len(peers) + 1)]
+    assert "new-phone" in ranked and ranked[0] != "new-phone"
 
 
 def test_new_item_arriving_before_its_peers_metadata_is_reprojected() -> None:
@@ -223,7 +228,7 @@ def test_new_item_arriving_before_its_peers_metadata_is_reprojected() -> None:
     assert cos(cat.vector("early"), centres[early.category]) < 0.5  # type: ignore[arg-type]
     for item in items:  # the catalog topic catches up
         cat.upsert(item)
-    assert cos(cat.vector("early"), centres[early.category]) > 0.8  # type: ignore[arg-type]
+    assert cos(cat.vector("early"), centres[early.category]) > 0.7  # type: ignore[arg-type]
 
 
 def test_trained_items_without_metadata_have_vectors_but_are_not_recommended() -> None:
@@ -287,7 +292,8 @@ def test_projector_add_remove_round_trip() -> None:
     assert proj.add(feats, v) == []  # count 3: not worth re-projecting for
     proj.remove(feats, v)
     assert proj.count("cat:A") == 2 and proj.knows("attr:b=c")
-    assert cos(proj.project("i", feats), v) > 0.99  # type: ignore[arg-type]
+    # two identical members: shrunk mean length 2/3, so a new item sits at cosine 2/3 from them
+    assert cos(proj.project("i", feats), v) == pytest.approx(2 / 3, abs=1e-5)  # type: ignore[arg-type]
     proj.remove(feats, v)
     proj.remove(feats, v)
     assert len(proj) == 0 and proj.project("i", feats) is None

@@ -1,0 +1,210 @@
+"""Writing a bench result: strict JSON (no NaN), a check that it is complete, and the PNG summary.
+
+Why strict: the result is read by scripts and CI (tests/integration/test_bench.py); a NaN or an infinity
+means a measurement silently failed (an empty sample, a zero duration), so it is reported as a problem
+instead of being written as the non-standard `NaN` token that most JSON readers reject.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+#: sections every result has; each must be a non-empty object
+REQUIRED_SECTIONS = ("environment", "throughput", "freshness", "ann", "memory", "scaling")
+#: keys (dotted paths) that must hold finite numbers
+REQUIRED_NUMBERS = (
+    "throughput.worker_events_per_s",
+    "throughput.passthrough_events_per_s",
+    "throughput.ratio_median",
+    "freshness.max_rate_events_per_s",
+    "freshness.p99_ms_at_target_fraction",
+    "memory.bytes_per_visitor_serialised_mean",
+    "memory.bytes_per_visitor_stored_rss",
+    "memory.worker.rss_end_bytes",
+    "scaling.core_cost_growth",
+    "wall_s",
+)
+PNG_DPI = 110
+FIGURE_SIZE = (13.0, 9.0)
+LATENCY_PERCENTILES = ("p50", "p95", "p99")
+
+
+def _get(doc: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return None
+        doc = doc[part]
+    return doc
+
+
+def _non_finite(doc: Any, path: str = "") -> Iterator[str]:
+    if isinstance(doc, float) and not math.isfinite(doc):
+        yield path or "<root>"
+    elif isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(doc, list | tuple):
+        for i, v in enumerate(doc):
+            yield from _non_finite(v, f"{path}[{i}]")
+
+
+def iter_problems(result: dict[str, Any]) -> Iterator[str]:
+    """Why `result` is not a complete, valid bench result (nothing when it is)."""
+    for name in REQUIRED_SECTIONS:
+        if not isinstance(result.get(name), dict) or not result[name]:
+            yield f"section {name!r} is missing or empty"
+    for dotted in REQUIRED_NUMBERS:
+        value = _get(result, dotted)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            yield f"{dotted} is not a number: {value!r}"
+    for path in _non_finite(result):
+        yield f"{path} is not finite"
+    levels = _get(result, "freshness.levels") or []
+    if len(levels) < 1 or any(not lv.get("complete") for lv in levels):
+        yield "a freshness level did not receive every list"
+    for shop, run in (_get(result, "shops") or {}).items():
+        if run.get("worker_crashed"):
+            yield f"the worker of shop {shop} crashed"
+
+
+def _jsonable(doc: Any) -> Any:
+    """NaN and infinities become null (strict JSON); the problem list says where they were."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {str(k): _jsonable(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_jsonable(v) for v in doc]
+    return doc
+
+
+def write(result: dict[str, Any], output: Path) -> list[str]:
+    """Write `output` (JSON) and `output` with a .png suffix; returns the problems found (also stored)."""
+    problems = list(iter_problems(result))
+    result["problems"] = problems
+    result["png"] = str(output.with_suffix(".png"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(orjson.dumps(_jsonable(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+    plot(result, output.with_suffix(".png"))
+    return problems
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Four panels: throughput vs pass-through, latency percentiles by load, ANN speed/recall, memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=FIGURE_SIZE)
+    env = result.get("environment", {})
+    fig.suptitle(f"stream-reco bench ({result.get('profile')}) - {env.get('date', '')} - "
+                 f"{env.get('cpu_count')} cores, {env.get('cpu', '')[:48]}", fontsize=10)
+    _plot_throughput(axes[0][0], result)
+    _plot_latency(axes[0][1], result)
+    _plot_ann(axes[1][0], result)
+    _plot_memory(axes[1][1], result)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)
+
+
+def _plot_throughput(ax: Any, result: dict[str, Any]) -> None:
+    by_shop = _get(result, "throughput.by_shop") or {}
+    labels = list(by_shop)
+    worker = [by_shop[k]["worker"]["median_events_per_s"] for k in labels]
+    passthrough = [by_shop[k]["passthrough"]["median_events_per_s"] for k in labels]
+    x = range(len(labels))
+    width = 0.38
+    ax.bar([i - width / 2 for i in x], passthrough, width, label="aiokafka pass-through", color="#9bb7d4")
+    ax.bar([i + width / 2 for i in x], worker, width, label="stream-reco worker", color="#d9822b")
+    for i, k in enumerate(labels):
+        ax.annotate(f"{by_shop[k]['ratio_median']:.1%}", (i + width / 2, worker[i]), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_xticks(list(x), [f"{k} items" for k in labels])
+    ax.set_yscale("log")
+    ax.set_ylabel("events/s (median of bursts)")
+    ax.set_title("Throughput: worker vs pass-through (label: ratio)", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _plot_latency(ax: Any, result: dict[str, Any]) -> None:
+    levels = _get(result, "freshness.levels") or []
+    fractions = [lv["fraction"] * 100 for lv in levels]
+    for p in LATENCY_PERCENTILES:
+        ax.plot(fractions, [lv["latency_ms"][p] for lv in levels], marker="o", label=f"{p} (send -> receipt)")
+    ax.plot(fractions, [lv["worker_ms"]["p50"] for lv in levels], marker="x", linestyle=":",
+            label="p50 (send -> worker publish)")
+    target = _get(result, "freshness.target_p99_ms")
+    if target:
+        ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target p99 < {target:.0f} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("% of the max sustained rate")
+    ax.set_ylabel("ms")
+    rate = _get(result, "freshness.max_rate_events_per_s") or 0
+    ax.set_title(f"Freshness, shop {_get(result, 'freshness.shop')} (max {rate:.0f} events/s)", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _plot_ann(ax: Any, result: dict[str, Any]) -> None:
+    sizes = _get(result, "ann.sizes") or []
+    items = [s["items"] for s in sizes]
+    ax.plot(items, [s["exact_ms"] for s in sizes], marker="o", label="exact, one query")
+    ax.plot(items, [s["exact_batched_ms"] for s in sizes], marker="o", label="exact, batched (per query)")
+    ax.plot(items, [s["annoy"]["ms"] for s in sizes], marker="o", label="annoy (best >= target recall)")
+    for s in sizes:
+        ax.annotate(f"recall {s['annoy']['recall']:.3f}", (s["items"], s["annoy"]["ms"]), fontsize=8,
+                    textcoords="offset points", xytext=(4, -10))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("items")
+    ax.set_ylabel("ms per query (CPU)")
+    ax.set_title("ANN: annoy vs exact", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _plot_memory(ax: Any, result: dict[str, Any]) -> None:
+    by_events = _get(result, "memory.states.to_bytes_p50_by_events") or {}
+    labels = list(by_events)
+    ax.bar(labels, [by_events[k] for k in labels], color="#7a9e7e", label="to_bytes() p50")
+    target = _get(result, "memory.target_bytes_per_visitor")
+    if target:
+        ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target {target} B")
+    rss = _get(result, "memory.bytes_per_visitor_stored_rss")
+    if isinstance(rss, int | float) and math.isfinite(rss):
+        ax.axhline(rss, color="black", linestyle=":", linewidth=1, label=f"RSS per stored visitor {rss:.0f} B")
+    ax.set_xlabel("events per visitor")
+    ax.set_ylabel("bytes")
+    ax.set_title("Visitor state size", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The headline figures as a few lines of text (printed by `stream-reco bench`)."""
+    thr, fresh, mem = result["throughput"], result["freshness"], result["memory"]
+    lines = [
+        f"bench ({result['profile']}) in {result['wall_s']:.0f} s -> {result.get('png', '')}",
+        f"throughput (shop {thr['shop']}): worker {thr['worker_events_per_s']:.0f} events/s, pass-through "
+        f"{thr['passthrough_events_per_s']:.0f}/s, ratio {thr['ratio_median']:.1%} "
+        f"(target {thr['target_ratio']:.0%}: {'met' if thr['met'] else 'missed'})",
+    ]
+    for lv in fresh["levels"]:
+        lat = lv["latency_ms"]
+        lines.append(f"freshness at {lv['fraction']:.0%} ({lv['target_rate']:.0f}/s): p50 {lat['p50']:.1f} ms, "
+                     f"p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
+    lines.append(f"freshness target p99 < {fresh['target_p99_ms']:.0f} ms at {fresh['target_fraction']:.0%}: "
+                 f"{'met' if fresh['met'] else 'missed'}")
+    for s in result["ann"]["sizes"]:
+        lines.append(f"ann {s['items']:>9,} items: annoy recall@{result['ann']['k']} {s['annoy']['recall']:.3f}, "
+                     f"{s['speed_ratio_vs_exact']:.1f}x exact ({s['annoy']['ms']:.3f} vs {s['exact_ms']:.3f} ms)")
+    lines.append(f"memory: {mem['bytes_per_visitor_serialised_mean']:.0f} B/visitor serialised (mean), "
+                 f"{mem['bytes_per_visitor_stored_rss']:.0f} B RSS per stored visitor, worker RSS "
+                 f"{mem['worker']['rss_end_bytes'] / 2**20:.0f} MiB at {mem['worker']['visitors']:,} visitors "
+                 f"(target {mem['target_bytes_per_visitor']} B: {'met' if mem['met'] else 'missed'})")
+    lines.append(f"scaling: {result['scaling']['sentence']}")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""`stream-reco evaluate`: replay a log in-process through our recommender and the baselines, and report.
+
+`evaluate(...)` is the API (tests and the bench call it); `evaluate_cmd` is the thin click command. The
+protocol is docs/evaluation.md's (see `protocol.py`); the report layout is `report.py`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stream_reco.evaluate.baselines import Baseline, Covis, Method, Pop, RecentPop, SessionKnn
+from stream_reco.evaluate.loaders import LoadedLog, LogFormatError, load_log, resolve_log_path
+from stream_reco.evaluate.protocol import OURS, ProtocolError, QualityTracker, StreamRecoMethod, run_protocol
+from stream_reco.evaluate.report import build_report, table, write_report
+from stream_reco.settings import Settings
+
+BASELINES: dict[str, type[Baseline]] = {"POP": Pop, "RPOP": RecentPop, "COVIS": Covis, "SKNN": SessionKnn}
+ALL_METHODS: tuple[str, ...] = (*BASELINES, OURS)
+REPORTS_DIR = "reports"
+
+
+def make_methods(
+    names: Sequence[str], loaded: LoadedLog, settings: Settings, catalog_upfront: bool, progress: bool
+) -> list[Method]:
+    """Fresh methods by name; the RPOP half-life is the dataset's unless `eval_rpop_half_life_h` is set."""
+    half_life = settings.eval_rpop_half_life_h or loaded.rpop_half_life_h
+    methods: list[Method] = []
+    for name in names:
+        if name == OURS:
+            methods.append(StreamRecoMethod(settings, loaded.catalog, catalog_upfront=catalog_upfront,
+                                            progress=progress))
+        elif name in BASELINES:
+            methods.append(BASELINES[name](half_life))
+        else:
+            raise click.BadParameter(f"unknown method {name!r}; known: {', '.join(ALL_METHODS)}")
+    return methods
+
+
+def evaluate(
+    loaded: LoadedLog,
+    settings: Settings,
+    *,
+    methods: Sequence[str] = ALL_METHODS,
+    catalog_upfront: bool = False,
+    progress: bool = True,
+    load_s: float = 0.0,
+) -> dict[str, Any]:
+    """Run the protocol on a loaded log for the named methods and return the report (nothing is written)."""
+    k = settings.eval_list_k
+    fraction = settings.eval_train_fraction
+    built = make_methods(methods, loaded, settings, catalog_upfront, progress)
+    known_items = {r.event.item_id for r in loaded.records} | {i.item_id for i in loaded.catalog}
+    tracker = QualityTracker(OURS, loaded.catalog, len(known_items), k, settings.eval_sample_visitors, settings.seed)
+    result = run_protocol(
+        loaded.records,
+        built,
+        k=k,
+        train_fraction=fraction,
+        observers=[tracker.observe],
+        learn_observers=[tracker.learn],
+        progress=progress,
+    )
+    extra: dict[str, Any] = {"settings": settings.masked()}
+    ours = next((m for m in built if isinstance(m, StreamRecoMethod)), None)
+    if ours is not None and ours.artifact is not None:
+        extra["model"] = {"version": ours.artifact.version, "training": ours.artifact.training,
+                          "train_s": round(ours.train_s, 3)}
+    return build_report(
+        result,
+        dataset=loaded.dataset,
+        log_path=str(loaded.path or ""),
+        k=k,
+        train_fraction=fraction,
+        quality=tracker.summary() if ours is not None else None,
+        extra=extra,
+        load_s=load_s,
+    )
+
+
+@click.command("evaluate")
+@click.argument("log_path", metavar="LOG", required=False)
+@click.option("--catalog", type=click.Path(exists=True, dir_okay=False), help="Contract catalog JSONL.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="JSON report file (default: <data_dir>/reports/<dataset>.json); PNG plots go beside it.")
+@click.option("--dataset", help="Shared dataset to evaluate when LOG is omitted (jd, diginetica, taobao); "
+                                "otherwise the name used in the report.")
+@click.option("--max-events", type=int, default=None, help="Use only the first N events by time.")
+@click.option("--methods", default=",".join(ALL_METHODS), show_default=True,
+              help="Comma-separated methods to evaluate.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+@click.pass_obj
+def evaluate_cmd(state: Any, log_path: str | None, catalog: str | None, report_path: str | None,
+                 dataset: str | None, max_events: int | None, methods: str, plots: bool, progress: bool) -> None:
+    """Replay LOG (JSONL, a shared dataset file, or a dataset name) test-then-learn and report quality."""
+    settings: Settings = state.settings
+    source = log_path or dataset
+    if not source:
+        raise click.UsageError("give a LOG or --dataset NAME")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    t0 = time.perf_counter()
+    try:
+        loaded = load_log(resolve_log_path(source, settings.shared_data_dir), catalog, max_events=max_events,
+                          progress=progress)
+    except (LogFormatError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    load_s = time.perf_counter() - t0
+    # a catalogue the shop gave (a file) is known up front; one derived from a dataset's rows is not
+    upfront = catalog is not None or loaded.dataset == "jsonl"
+    if dataset:
+        loaded.dataset = dataset
+    try:
+        report = evaluate(loaded, settings, methods=names, catalog_upfront=upfront, progress=progress,
+                          load_s=load_s)
+    except ProtocolError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out = Path(report_path) if report_path else settings.data_path / REPORTS_DIR / f"{loaded.dataset}.json"
+    write_report(report, out)
+    written = [out]
+    if plots:
+        from stream_reco.evaluate.plots import plot_report
+
+        written += plot_report(report, out)
+    click.echo(table(report))
+    click.echo("wrote " + ", ".join(str(p) for p in written))

@@ -1,0 +1,371 @@
+"""Recommender behaviour end to end on a small deterministic shop (real ItemCatalog, in-memory store)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from stream_reco.core.events import Event, Recommendation
+from stream_reco.core.recommender import InMemoryVisitorStore, Recommender, VisitorStore
+from stream_reco.core.state import VisitorState
+from tests.unit.core_fixtures import (
+    DAY,
+    ITEMS_PER_LEAF,
+    LEAVES,
+    MINUTE,
+    T0,
+    ev,
+    item_id,
+    make_artifact,
+    make_catalog,
+    make_settings,
+)
+
+MIXERS, KETTLES, PANS, SOFAS, TABLES, BEDS, SPADES, ROSES = range(8)
+
+
+def leaf(item: str) -> int:
+    return int(item[1 : item.index("-")])
+
+
+def path(li: int) -> str:
+    return "/".join(LEAVES[li])
+
+
+class BytesStore:
+    """A store that keeps only `to_bytes()`, like the faust table: every read deserialises."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> VisitorState | None:
+        b = self.data.get(key)
+        return None if b is None else VisitorState.from_bytes(b)
+
+    def put(self, key: str, state: VisitorState) -> None:
+        self.data[key] = state.to_bytes()
+
+
+def make_rec(store: VisitorStore | None = None, **overrides: object) -> Recommender:
+    settings = make_settings(**overrides)
+    return Recommender(settings, make_catalog(settings), store)
+
+
+def warm_shop(rec: Recommender, start: int = T0) -> int:
+    """Other visitors browse: best-sellers per leaf (item 00 most, then 01, ...) and co-visits.
+
+    Returns the time after the warm-up.
+    """
+    t = start
+    for li in range(len(LEAVES)):
+        for v in range(3):
+            for n in range(ITEMS_PER_LEAF // 2):
+                for _ in range(ITEMS_PER_LEAF // 2 - n):
+                    rec.observe(ev("view", item_id(li, n), t, session=f"w{li}-{v}"))
+                    t += 1000
+    return t + 2 * DAY  # past every warm-up session
+
+
+def items_of(lst) -> list[str]:
+    return [r.item_id for r in lst]
+
+
+def test_views_in_one_category_lean_the_list_there():
+    rec = make_rec()
+    t = warm_shop(rec)
+    for n in (3, 4, 5):
+        rec.observe(ev("view", item_id(KETTLES, n), t, session="me"))
+        t += MINUTE
+    lst = rec.recommend("me", t)
+    assert len(lst) == rec.settings.list_size
+    counts = Counter(leaf(r.item_id) for r in lst)
+    assert counts[KETTLES] >= len(lst) // 2
+    assert any(r.reason == "Because you viewed 3 kettles" for r in lst)
+
+
+def test_list_has_no_duplicates_and_honours_k():
+    rec = make_rec()
+    t = warm_shop(rec)
+    rec.observe(ev("view", item_id(SOFAS, 1), t, session="me"))
+    for k in (1, 5, 20):
+        lst = rec.recommend("me", t, k=k)
+        assert len(lst) == k and len(set(items_of(lst))) == k
+    assert rec.recommend("me", t, k=0) == []
+
+
+def test_dismissed_item_never_returns():
+    rec = make_rec()
+    t = warm_shop(rec)
+    target = item_id(KETTLES, 0)  # the kettle best-seller, co-visited with every kettle
+    rec.observe(ev("view", item_id(KETTLES, 1), t, session="me"))
+    assert target in items_of(rec.recommend("me", t + 1, k=20))
+    rec.observe(ev("dismiss", target, t + 2, session="me"))
+    for n in range(2, 8):
+        rec.observe(ev("view", item_id(KETTLES, n), t + n * MINUTE, session="me"))
+        assert target not in items_of(rec.recommend("me", t + n * MINUTE, k=40))
+    assert target not in items_of(rec.recommend("me", t + 30 * DAY, k=40, page_category=path(KETTLES)))
+
+
+def test_purchase_suppresses_category_for_the_window_then_it_returns():
+    rec = make_rec(purchase_suppress_days=3.0)
+    t = warm_shop(rec)
+    rec.observe(ev("view", item_id(SOFAS, 2), t, user="u", session="a"))
+    rec.observe(ev("purchase", item_id(SOFAS, 2), t + MINUTE, user="u", session="a"))
+    for day in (0, 1, 2):
+        now = t + 2 * MINUTE + day * DAY
+        lst = rec.recommend("u", now, k=20, page_category=path(SOFAS))
+        assert all(leaf(i) != SOFAS for i in items_of(lst)), day
+    later = t + 2 * MINUTE + 3 * DAY + 1
+    lst = rec.recommend("u", later, k=20, page_category=path(SOFAS))
+    assert any(leaf(i) == SOFAS for i in items_of(lst))
+    assert item_id(SOFAS, 2) not in items_of(lst)  # the purchased item itself stays out
+
+
+def test_repurchasable_item_and_category_stay_open():
+    rec = make_rec()
+    t = warm_shop(rec)
+    coffee = item_id(PANS, 0)
+    rec.upsert_item(dataclasses.replace(rec.catalog.get(coffee), repurchasable=True))
+    rec.observe(ev("purchase", coffee, t, session="me"))
+    lst = items_of(rec.recommend("me", t + 1, k=20, page_category=path(PANS)))
+    assert coffee in lst and any(leaf(i) == PANS and i != coffee for i in lst)
+
+
+def test_out_of_stock_is_gone_at_once_and_back_when_restocked():
+    rec = make_rec()
+    t = warm_shop(rec)
+    rec.observe(ev("view", item_id(BEDS, 3), t, session="me"))
+    lst = items_of(rec.recommend("me", t, k=20))
+    victim = lst[0]
+    rec.upsert_item(dataclasses.replace(rec.catalog.get(victim), in_stock=False))
+    assert victim not in items_of(rec.recommend("me", t, k=40))
+    rec.upsert_item(dataclasses.replace(rec.catalog.get(victim), in_stock=True))
+    assert victim in items_of(rec.recommend("me", t, k=20))
+    rec.upsert_item(dataclasses.replace(rec.catalog.get(victim), deleted=True))
+    assert victim not in items_of(rec.recommend("me", t, k=40))
+
+
+def test_anonymous_visitor_gets_category_best_sellers_changing_with_the_session():
+    rec = make_rec()
+    t = warm_shop(rec)
+    first = rec.recommend("newcomer", t, page_category=path(SOFAS))
+    assert items_of(first)[0] == item_id(SOFAS, 0)
+    assert first[0].reason == "Popular in Sofas this week"
+    cold = rec.recommend("nobody", t)
+    assert len(cold) == rec.settings.list_size  # shop-wide best-sellers when nothing is known
+    lists = []
+    for n, li in enumerate((ROSES, ROSES, SPADES)):
+        rec.observe(ev("view", item_id(li, 5 + n), t + n * MINUTE, session="anon"))
+        lists.append(items_of(rec.recommend("anon", t + n * MINUTE)))
+    assert lists[0] != lists[2]
+    assert Counter(leaf(i) for i in lists[1])[ROSES] >= 3
+
+
+def test_login_joins_the_session_history_to_the_user():
+    store = InMemoryVisitorStore()
+    rec = make_rec(store)
+    t = warm_shop(rec)
+    rec.observe(ev("view", item_id(BEDS, 1), t, user="u7", session="old"))
+    rec.observe(ev("dismiss", item_id(MIXERS, 0), t + MINUTE, session="anon-s"))
+    rec.observe(ev("view", item_id(KETTLES, 2), t + 2 * MINUTE, session="anon-s"))
+    assert "anon-s" in store
+    rec.observe(ev("view", item_id(KETTLES, 3), t + 3 * MINUTE, user="u7", session="anon-s"))
+    assert "anon-s" not in store  # the session's own key is no longer needed
+    state = rec.visitor("u7")
+    assert [h[0] for h in state.history] == [item_id(BEDS, 1), item_id(MIXERS, 0), item_id(KETTLES, 2),
+                                              item_id(KETTLES, 3)]
+    assert item_id(MIXERS, 0) in state.dismissed
+    rec_record = rec.recommendation("u7", t + 3 * MINUTE)
+    assert rec_record.user_id == "u7" and rec_record.session_id == "anon-s"
+    assert item_id(MIXERS, 0) not in items_of(rec_record.items)
+    assert any(r.reason == "Because you viewed 2 kettles" for r in rec_record.items)
+
+
+def test_login_without_store_delete_leaves_an_empty_state():
+    store = BytesStore()
+    rec = make_rec(store)
+    rec.observe(ev("view", item_id(BEDS, 1), T0, session="s"))
+    rec.observe(ev("view", item_id(BEDS, 2), T0 + 1, user="u", session="s"))
+    assert VisitorState.from_bytes(store.data["s"]).n_events == 0
+    assert rec.visitor("u").n_events == 2
+
+
+def test_duplicates_are_ignored():
+    rec = make_rec()
+    e = ev("view", item_id(SOFAS, 1), T0, session="me", event_id="dup-1")
+    assert rec.observe(e) is True
+    before = rec.visitor("me").to_bytes()
+    covis_before = dict(rec.covis.pairs)
+    assert rec.observe(e) is False
+    assert rec.process(e) is None
+    assert rec.visitor("me").to_bytes() == before
+    assert rec.covis.pairs == covis_before
+    assert rec.n_duplicates == 2
+
+
+def test_unknown_item_counts_and_joins_once_known():
+    rec = make_rec()
+    t = warm_shop(rec)
+    rec.observe(ev("view", "brand-new", t, session="me", page_category=path(ROSES)))
+    state = rec.visitor("me")
+    assert state.n_events == 1 and state.n_unknown == 1 and state.history[0][0] == "brand-new"
+    assert Counter(leaf(i) for i in items_of(rec.recommend("me", t)))[ROSES] >= 1  # from the page category
+    new_item = dataclasses.replace(rec.catalog.get(item_id(ROSES, 0)), item_id="brand-new", title="New rose")
+    rec.upsert_item(new_item)
+    assert rec.catalog.vector("brand-new") is not None  # the session vector now uses it
+
+
+def test_determinism_two_runs_give_equal_lists():
+    def run() -> list[Recommendation]:
+        rec = make_rec()
+        t = warm_shop(rec)
+        out = []
+        for n in range(12):
+            e = ev("view", item_id((n * 3) % len(LEAVES), n % ITEMS_PER_LEAF), t + n * MINUTE,
+                   session="v" + str(n % 3), event_id=f"d{n}")
+            out.append(rec.process(e))
+        return out
+
+    a, b = run(), run()
+    assert [x.to_dict() for x in a] == [x.to_dict() for x in b]
+
+
+def test_bytes_store_gives_the_same_lists_as_the_memory_store():
+    events = []
+    t = T0
+    for n in range(30):
+        kind = "dismiss" if n % 11 == 5 else ("purchase" if n % 13 == 7 else "view")
+        events.append(ev(kind, item_id(n % 4, n % ITEMS_PER_LEAF), t + n * MINUTE, session=f"s{n % 2}",
+                         event_id=f"b{n}"))
+    a, b = make_rec(), make_rec(BytesStore())
+    for e in events:
+        ra, rb = a.process(e), b.process(e)
+        assert ra is not None and rb is not None
+        assert items_of(ra.items) == items_of(rb.items)
+        assert [x.score for x in ra.items] == pytest.approx([x.score for x in rb.items])
+
+
+def test_different_visitors_get_different_lists():
+    rec = make_rec()
+    t = warm_shop(rec)
+    for n in range(3):
+        rec.observe(ev("view", item_id(MIXERS, n + 4), t + n, session="baker"))
+        rec.observe(ev("view", item_id(ROSES, n + 4), t + n, session="gardener"))
+    a, b = set(items_of(rec.recommend("baker", t + 5))), set(items_of(rec.recommend("gardener", t + 5)))
+    assert len(a & b) <= 2
+
+
+def test_covisitation_explains_with_the_anchor_title():
+    rec = make_rec(weight_ann=0.0, weight_popular=0.0)
+    for v in range(5):
+        rec.observe(ev("view", item_id(SOFAS, 1), T0 + v * 10, session=f"o{v}"))
+        rec.observe(ev("view", item_id(TABLES, 1), T0 + v * 10 + 1, session=f"o{v}"))
+    rec.observe(ev("view", item_id(SOFAS, 1), T0 + 100, session="me"))
+    lst = rec.recommend("me", T0 + 101)
+    assert lst[0].item_id == item_id(TABLES, 1)
+    assert lst[0].reason == f"Often viewed with {rec.catalog.get(item_id(SOFAS, 1)).title}"
+
+
+def test_model_priors_feed_candidates_and_hot_swap_replaces_them():
+    rec = make_rec(weight_ann=0.0)
+    art = make_artifact(version="v2")
+    art.covis = {item_id(BEDS, 0): [(item_id(SPADES, 7), 5.0)]}
+    art.popularity = {item_id(ROSES, 9): 10.0}
+    rec.load_model(art)
+    assert rec.model_version == "v2"
+    rec.observe(ev("view", item_id(BEDS, 0), T0, session="me"))
+    got = items_of(rec.recommend("me", T0))
+    assert got[0] == item_id(SPADES, 7)
+    assert item_id(ROSES, 9) in got
+    art3 = dataclasses.replace(make_artifact(version="v3"), covis={}, popularity={})
+    rec.load_model(art3)
+    assert item_id(SPADES, 7) not in items_of(rec.recommend("me", T0))
+    assert rec.recommendation("me", T0).model_version == "v3"
+
+
+def test_exclude_interacted_removes_every_earlier_item():
+    rec = make_rec()
+    t = warm_shop(rec)
+    seen = [item_id(KETTLES, n) for n in range(4)]
+    for n, i in enumerate(seen):
+        rec.observe(ev("view", i, t + n, session="me"))
+    assert set(seen) & set(items_of(rec.recommend("me", t + 5, k=20, exclude_interacted=False)))
+    lst = items_of(rec.recommend("me", t + 5, k=20, exclude_interacted=True))
+    assert len(lst) == 20 and not set(seen) & set(lst)
+
+
+def test_page_scope_limits_to_category_and_siblings():
+    rec = make_rec(scope_to_page_category=True)
+    t = warm_shop(rec)
+    rec.observe(ev("view", item_id(ROSES, 1), t, session="me"))
+    rec.observe(ev("view", item_id(MIXERS, 1), t + 1, session="me", page_category=path(MIXERS)))
+    lst = items_of(rec.recommend("me", t + 2, k=20))
+    assert lst and {leaf(i) for i in lst} <= {MIXERS, KETTLES}
+    explicit = items_of(rec.recommend("me", t + 2, k=10, page_category=path(SOFAS)))
+    assert {leaf(i) for i in explicit} <= {SOFAS, TABLES}
+
+
+def test_attribute_boost_lifts_matching_items():
+    plain, boosted = make_rec(), make_rec(attribute_boosts="brand=Acme:3")
+    t = 0
+    for rec in (plain, boosted):
+        t = warm_shop(rec)
+        rec.observe(ev("view", item_id(BEDS, 5), t, session="me"))
+
+    def acme(lst: list[str]) -> int:
+        return sum(rec_item_brand(boosted, i) == "Acme" for i in lst)
+
+    assert acme(items_of(boosted.recommend("me", t, k=5))) > acme(items_of(plain.recommend("me", t, k=5)))
+
+
+def rec_item_brand(rec: Recommender, item: str) -> str:
+    return rec.catalog.get(item).attributes.get("brand", "")
+
+
+def test_mmr_diversifies_across_categories():
+    same = make_rec(mmr_lambda=1.0, weight_popular=0.0, weight_covis=0.0)
+    diverse = make_rec(mmr_lambda=0.3, weight_popular=0.0, weight_covis=0.0)
+    for rec in (same, diverse):
+        rec.observe(ev("view", item_id(PANS, 1), T0, session="me"))
+        rec.observe(ev("view", item_id(BEDS, 1), T0 + 1, session="me"))
+
+    def cats(r: Recommender) -> int:
+        return len({leaf(i) for i in items_of(r.recommend("me", T0 + 2, k=6))})
+
+    assert cats(diverse) >= cats(same)
+    assert cats(diverse) >= 2
+
+
+def test_recommendation_record_and_process():
+    rec = make_rec()
+    e = ev("view", item_id(SOFAS, 1), T0, user="u1", session="s1", event_id="t-1")
+    out = rec.process(e)
+    assert isinstance(out, Recommendation)
+    assert out.user_id == "u1" and out.session_id == "s1" and out.trigger_event_id == "t-1"
+    assert out.generated_at == T0 and out.model_version == "test-v1"
+    assert all(r.reason and np.isfinite(r.score) for r in out.items)
+    anon = rec.recommendation("who", T0)
+    assert anon.user_id is None and anon.session_id == "who"
+
+
+def test_state_stays_bounded_over_a_long_history():
+    rec = make_rec(history_cap=20, owned_cap=30)
+    for n in range(500):
+        kind = ("view", "add_to_cart", "purchase", "dismiss")[n % 4]
+        rec.observe(ev(kind, item_id(n % 8, n % ITEMS_PER_LEAF), T0 + n * MINUTE, user="heavy"))
+    state = rec.visitor("heavy")
+    assert len(state.history) == 20 and len(state.seen) <= 30
+    assert len(state.interests) <= rec.settings.max_interests
+    assert len(state.event_ids) <= rec.settings.dedup_window
+    assert len(state.to_bytes()) < 8000
+
+
+def test_default_recommender_builds_its_own_catalog():
+    rec = Recommender(make_settings())
+    rec.load_model(make_artifact())
+    assert len(rec.catalog) > 0
+    e = Event(event_id="x", event_type="view", item_id=item_id(0, 0), timestamp=T0, session_id="s")
+    assert rec.process(e) is not None
