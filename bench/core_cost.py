@@ -39,6 +39,8 @@ HEAVY_VISITOR_EVENTS = 400
 #: event types of the heavy visitor, cycled (views dominate, as in the log)
 HEAVY_VISITOR_MIX = ("view", "view", "view", "add_to_cart", "view", "purchase", "view", "dismiss")
 HEAVY_VISITOR_GAP_MS = 20_000
+#: JSON framing of one object member: two quotes around the key, a colon and a comma
+KEY_OVERHEAD = 4
 #: state-size buckets by events per visitor
 EVENT_BUCKETS = (1, 2, 5, 10, 20, 50)
 
@@ -85,18 +87,23 @@ def observe_all(rec: Recommender, docs: Iterable[dict[str, Any]]) -> int:
 def clone_states(templates: Sequence[bytes], n: int, prefix: str) -> Iterator[tuple[bytes, bytes]]:
     """`n` visitor states (key, bytes) drawn in turn from `templates` under new visitor keys.
 
-    Each clone is a fresh bytes object (re-encoded with its own id), so memory figures count every
-    visitor, not shared objects.
+    Each clone is encoded by `VisitorState.to_bytes()` with its own id, exactly as the worker stores a
+    state it wrote, so memory figures include whatever that encoding costs the heap.
     """
     if not templates:
         return
-    docs = [orjson.loads(t) for t in templates]
+    states = [VisitorState.from_bytes(t) for t in templates]
     width = len(str(n))
     for i in range(n):
-        doc = dict(docs[i % len(docs)])
+        state = states[i % len(states)]
         key = f"{prefix}{i:0{width}d}"
-        doc["u" if doc.get("u") else "s"] = key
-        yield key.encode(), orjson.dumps(doc)
+        saved = state.user_id, state.session_id
+        if state.user_id:
+            state.user_id = key
+        else:
+            state.session_id = key
+        yield key.encode(), state.to_bytes()
+        state.user_id, state.session_id = saved
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -137,12 +144,20 @@ def state_sizes(store: BytesStore) -> dict[str, Any]:
         bucket = next((f"<={b}" for b in EVENT_BUCKETS if n <= b), f">{EVENT_BUCKETS[-1]}")
         by_events.setdefault(bucket, []).append(len(raw))
     order = [f"<={b}" for b in EVENT_BUCKETS] + [f">{EVENT_BUCKETS[-1]}"]
+    field_bytes: dict[str, int] = {}
+    for state in states:
+        for key, value in state.to_dict().items():
+            field_bytes[key] = field_bytes.get(key, 0) + len(orjson.dumps(value)) + len(key) + KEY_OVERHEAD
+    total = sum(field_bytes.values()) or 1
     return {
         "visitors": len(sizes),
         "to_bytes": _stats(sizes),
         "in_memory_live_object": _stats([s.approx_memory_bytes() for s in states]),
         "events_per_visitor": _stats([s.n_events for s in states]),
         "to_bytes_p50_by_events": {b: _stats(by_events[b])["p50"] for b in order if b in by_events},
+        # which fields the bytes go to (short keys of VisitorState.to_dict: h history, i interests,
+        # e recent event ids, sn seen items, sc session categories, ...)
+        "to_bytes_share_by_field": {k: v / total for k, v in sorted(field_bytes.items(), key=lambda kv: -kv[1])},
     }
 
 
@@ -151,24 +166,32 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def store_memory(templates: Sequence[bytes], visitors: int) -> dict[str, float]:
-    """Memory of `visitors` states held as the worker holds them (dict of key bytes -> state bytes):
-    the growth of this process's RSS while building it, and the Python object sizes summed."""
+def _store_memory_child(templates: Sequence[bytes], visitors: int) -> dict[str, float]:
     before = _rss()
     data = dict(clone_states(templates, visitors, "mem-"))
     after = _rss()
     objects = sys.getsizeof(data) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in data.items())
     payload = sum(len(v) for v in data.values())
-    result = {
+    return {
         "visitors": visitors,
         "rss_growth_bytes": after - before,
         "rss_bytes_per_visitor": (after - before) / visitors,
         "objects_bytes_per_visitor": objects / visitors,
         "to_bytes_mean": payload / visitors,
     }
-    del data
-    gc.collect()
-    return result
+
+
+def store_memory(templates: Sequence[bytes], visitors: int) -> dict[str, float]:
+    """Memory of `visitors` states held as the worker holds them (dict of key bytes -> state bytes):
+    the growth of RSS while building it, and the Python object sizes summed.
+
+    Built in a fresh child process: in this one, memory freed by earlier phases would be reused and
+    hide part of the growth.
+    """
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_store_memory_child, (list(templates), visitors))
 
 
 def stage_costs(rec: Recommender, docs: Sequence[dict[str, Any]]) -> dict[str, float]:

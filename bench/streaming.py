@@ -268,6 +268,10 @@ class WorkerProcess:
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.proc.pid).memory_info().rss)
 
+    def threads(self) -> int:
+        """OS threads of the worker (OpenBLAS adds one per extra BLAS thread)."""
+        return int(psutil.Process(self.proc.pid).num_threads())
+
     def cpu_seconds(self) -> float:
         t = psutil.Process(self.proc.pid).cpu_times()
         return float(t.user + t.system)
@@ -305,10 +309,16 @@ class ListRecord:
 
 class ListMeter:
     """Reads the recommendations topic from the beginning (no group: every partition) and timestamps
-    each list on receipt. Runs as a background task for the life of one worker."""
+    each list on receipt. Runs as a background task for the life of one worker.
 
-    def __init__(self, settings: Settings) -> None:
+    Pointed at the pass-through's output instead (`topic`, `trigger_field="event_id"`), each forwarded
+    event counts as the "list" that reflects itself, which gives the broker round trip as a baseline.
+    """
+
+    def __init__(self, settings: Settings, topic: str | None = None, trigger_field: str = "trigger_event_id") -> None:
         self.settings = settings
+        self.topic = topic or settings.recommendations_topic
+        self.trigger_field = trigger_field
         self.records: list[ListRecord] = []
         self.by_trigger: dict[str, ListRecord] = {}
         self._task: asyncio.Task[None] | None = None
@@ -317,7 +327,7 @@ class ListMeter:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            self.settings.recommendations_topic,
+            self.topic,
             **self.settings.kafka_client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
@@ -330,13 +340,14 @@ class ListMeter:
     async def _run(self) -> None:
         assert self._consumer is not None
         loads = orjson.loads
+        field_name = self.trigger_field
         while True:
             batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
             now = time.time()
             for messages in batch.values():
                 for m in messages:
                     doc = loads(m.value)
-                    rec = ListRecord(m.key.decode() if m.key else "", str(doc.get("trigger_event_id") or ""),
+                    rec = ListRecord(m.key.decode() if m.key else "", str(doc.get(field_name) or ""),
                                      float(doc.get("generated_at") or 0.0), now)
                     self.records.append(rec)
                     self.by_trigger[rec.trigger] = rec

@@ -25,6 +25,7 @@ import itertools
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ class Profile:
     min_burst_events: int
     max_burst_events: int
     freshness_seconds: float
+    idle_seconds: float
     grid_events: int
     memory_visitors: tuple[int, ...]
     ann_sizes: tuple[int, ...]
@@ -109,6 +111,7 @@ PROFILES: dict[str, Profile] = {
         min_burst_events=1_000,
         max_burst_events=50_000,
         freshness_seconds=20.0,
+        idle_seconds=5.0,
         grid_events=300,
         memory_visitors=(100_000, 1_000_000),
         ann_sizes=(10_000, 100_000),
@@ -130,6 +133,7 @@ PROFILES: dict[str, Profile] = {
         min_burst_events=300,
         max_burst_events=5_000,
         freshness_seconds=3.0,
+        idle_seconds=1.0,
         grid_events=100,
         memory_visitors=(10_000,),
         ann_sizes=(5_000,),
@@ -244,9 +248,11 @@ def prepare_shop(plan: ShopPlan, profile: Profile, settings: Settings, seed: int
     memory = None
     if is_main:
         memory = {"states": core_cost.state_sizes(store), "heavy_visitor": core_cost.heavy_visitor_bytes(rec, settings)}
-    few = core_cost.stage_costs(rec, list(itertools.islice(events, profile.grid_events)))
+    grid_few = list(itertools.islice(events, profile.grid_events))
+    few = core_cost.stage_costs(rec, grid_few)
     core_cost.fill_store(rec, templates, plan.visitors)
-    full = core_cost.stage_costs(rec, list(itertools.islice(events, profile.grid_events)))
+    grid_full = list(itertools.islice(events, profile.grid_events))
+    full = core_cost.stage_costs(rec, grid_full)
     core = {
         "items": plan.items,
         "index": core_cost.index_info(rec),
@@ -262,7 +268,8 @@ def prepare_shop(plan: ShopPlan, profile: Profile, settings: Settings, seed: int
                 continue
             log(f"memory: {n} visitors as the worker stores them")
             memory["store"].append(core_cost.store_memory(templates, n))
-    last_ts = max(int(d["timestamp"]) for d in first) if first else 0
+    # the worker's events continue the log after everything applied in-process
+    last_ts = max((int(d["timestamp"]) for d in itertools.chain(first, grid_few, grid_full)), default=0)
     del rec, store
     gc.collect()
     return ShopData(plan, catalog, seeded, streaming.EventSupply(events, last_ts), core, memory)
@@ -286,18 +293,25 @@ async def measure_shop(shop: ShopData, profile: Profile, base: Settings, run_id:
     worker = streaming.WorkerProcess(settings, drop_env=drop_env, trace=trace)
     meter = streaming.ListMeter(settings)
     passthrough = streaming.PassThrough(settings, names)
+    pt_meter = streaming.ListMeter(settings, topic=names.passthrough_out, trigger_field="event_id")
     out: dict[str, Any] = {"items": plan.items, "visitors": plan.visitors, "seeded_visitor_states": seeded,
                            "topics_prefix": names.prefix}
     try:
         out["worker_ready_s"] = await worker.wait_ready()
         await meter.start()
         await passthrough.start()
+        await pt_meter.start()
         out["rss_ready_bytes"] = worker.rss_bytes()
+        out["worker_threads"] = worker.threads()
         warm = shop.supply.take(profile.warmup_events)
         warm_msgs = [shop.supply.encode(d, settings.events_topic) for d in warm]
         warmup = await streaming.worker_drain(worker, meter, settings, warm_msgs, streaming.final_triggers(warm))
         out["warmup"] = warmup
         out["rss_after_warmup_bytes"] = worker.rss_bytes()
+        cpu0 = worker.cpu_seconds()
+        await asyncio.sleep(profile.idle_seconds)
+        # an idle worker still wakes every coalesce_ms (take_events' window): its CPU share costs that
+        out["idle_cpu_share"] = (worker.cpu_seconds() - cpu0) / profile.idle_seconds
         burst = int(min(profile.max_burst_events,
                         max(profile.min_burst_events, warmup["events_per_s"] * profile.burst_seconds)))
         worker_runs, pt_runs = [], []
@@ -343,9 +357,18 @@ async def measure_shop(shop: ShopData, profile: Profile, base: Settings, run_id:
                 f"p99 {phase['latency_ms']['p99']:.1f} ms ({phase['reflected']}/{phase['events']} events)")
             await asyncio.sleep(SETTLE_S)
         out["freshness"] = levels
+        # the same paced load through the pass-through: what the broker round trip alone costs
+        passthrough.resume()
+        pt_level = await streaming.paced_phase(settings.replace(events_topic=names.passthrough_in), pt_meter,
+                                               shop.supply, TARGET_FRACTION * w_med, profile.freshness_seconds)
+        passthrough.pause()
+        out["passthrough_freshness"] = {"fraction": TARGET_FRACTION, **pt_level}
+        log(f"    pass-through at the same rate: p50 {pt_level['latency_ms']['p50']:.1f} ms, "
+            f"p99 {pt_level['latency_ms']['p99']:.1f} ms")
         out["rss_end_bytes"] = worker.rss_bytes()
         out["events_used"] = shop.supply.taken
     finally:
+        await pt_meter.stop()
         await passthrough.stop()
         await meter.stop()
         out["worker_exit"] = worker.stop()
@@ -354,6 +377,7 @@ async def measure_shop(shop: ShopData, profile: Profile, base: Settings, run_id:
             out["worker_output_tail"] = worker.output()
         with contextlib.suppress(Exception):
             out["topics_deleted"] = len(await streaming.delete_run_topics(settings, names.prefix))
+        shutil.rmtree(data_dir, ignore_errors=True)
     return out
 
 
@@ -490,6 +514,7 @@ def run(settings: Settings, quick: bool, output: Path, ann_sizes: tuple[int, ...
         "target_p99_ms": TARGET_P99_MS,
         "target_fraction": TARGET_FRACTION,
         "p99_ms_at_target_fraction": at_target["latency_ms"]["p99"],
+        "passthrough_at_target_fraction": main["passthrough_freshness"],
         "met": at_target["latency_ms"]["p99"] < TARGET_P99_MS,
     }
     per_visitor = memory["states"]["to_bytes"]["mean"]

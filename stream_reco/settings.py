@@ -87,23 +87,29 @@ class Settings:
     owned_cap: int = _doc(200, "purchased and dismissed items kept per visitor")
     session_gap_s: int = _doc(1800, "inactivity that ends a session, seconds")
     purchase_suppress_days: float = _doc(14.0, "days a purchased item's category is not recommended")
-    viewed_penalty: float = _doc(0.5, "score multiplier for items already viewed in the session")
-    mmr_lambda: float = _doc(0.7, "relevance vs diversity trade-off of MMR re-ranking (1 = relevance only)")
+    viewed_penalty: float = _doc(
+        1.0, "score multiplier for items already viewed in the session (1 = off: re-views are frequent targets)"
+    )
+    mmr_lambda: float = _doc(
+        1.0, "relevance vs diversity trade-off of MMR re-ranking (1 = relevance only; 0.9 cost ~2-4% HR@20)"
+    )
     overfetch: int = _doc(5, "candidates fetched per list slot, so filtering still fills the list")
     popularity_half_life_h: float = _doc(168.0, "half-life of category popularity, hours")
     covis_window: int = _doc(10, "recent events of a visitor that count as co-visited")
     covis_neighbours: int = _doc(50, "co-visited neighbours kept per item")
     covis_anchor_items: int = _doc(5, "the visitor's last distinct items whose co-visited neighbours are candidates")
-    weight_ann: float = _doc(1.0, "weight of embedding-neighbour candidates in the blend")
+    weight_ann: float = _doc(0.1, "weight of embedding neighbours in the blend (each source scaled to [0, 1])")
     weight_covis: float = _doc(1.0, "weight of co-visitation candidates in the blend")
-    weight_popular: float = _doc(0.3, "weight of category popularity candidates in the blend")
+    weight_popular: float = _doc(0.01, "weight of category popularity in the blend (a filler; cold start: alone)")
     scope_to_page_category: bool = _doc(False, "restrict lists to the page's category and its siblings")
     attribute_boosts: str = _doc("", "comma-separated attr=value:multiplier boosts, e.g. brand=Acme:1.2")
 
     # --- index ---
-    exact_index_max_items: int = _doc(50_000, "below this catalogue size exact search is used (measured)")
-    annoy_n_trees: int = _doc(50, "annoy trees")
-    annoy_search_k: int = _doc(2000, "annoy search_k per query")
+    exact_index_max_items: int = _doc(
+        30_000, "below this catalogue size exact search is used (bench/ann.py: annoy is 2x faster from ~30k)"
+    )
+    annoy_n_trees: int = _doc(20, "annoy trees (bench/ann.py: 20 gives the fastest recall >= 0.95)")
+    annoy_search_k: int = _doc(2000, "annoy search_k per query (recall >= 0.95 to ~100k items; ~8000 at 1M)")
     delta_rebuild_items: int = _doc(1000, "items added since the last build that trigger a background rebuild")
     seed: int = _doc(42, "seed of every random choice (annoy build, simulation, training)")
 

@@ -16,6 +16,7 @@ evidence of its strongest source, which `explain` turns into a sentence.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -45,7 +46,6 @@ GLOBAL_POPULAR_WEIGHT = 0.25
 POPULAR_CATEGORIES = 3
 #: the r-th most recent anchor item (r = 0, 1, ...) weighs (r + 1) ** -ANCHOR_RECENCY_POWER
 ANCHOR_RECENCY_POWER = 1.0
-COVIS_DEGREE_POWER = 0.0
 
 
 @dataclass(slots=True)
@@ -54,14 +54,24 @@ class CandidatePool:
 
     ids: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
-    ann: dict[str, tuple[float, int]] = field(default_factory=dict)  # item -> (score, query)
-    covis: dict[str, tuple[float, str]] = field(default_factory=dict)  # item -> (score, anchor item)
-    popular: dict[str, tuple[float, str]] = field(default_factory=dict)  # item -> (score, category path)
+    ann: dict[str, float] = field(default_factory=dict)  # item -> best weighted cosine
+    ann_query: dict[str, int] = field(default_factory=dict)  # item -> SESSION_QUERY or interest index
+    covis: dict[str, float] = field(default_factory=dict)  # item -> score
+    #: (anchor item, recency weight, its neighbour weights) behind the co-visitation scores
+    covis_anchors: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
+    popular: dict[str, float] = field(default_factory=dict)  # item -> weighted, scaled popularity
+    popular_category: dict[str, str] = field(default_factory=dict)  # item -> category path (GLOBAL: shop)
 
     def _add(self, item: str) -> None:
         if item not in self.index:
             self.index[item] = len(self.ids)
             self.ids.append(item)
+
+    def covis_anchor(self, item: str) -> str | None:
+        """The recent item whose co-visits contributed most to `item` (ties: the most recent one)."""
+        if item not in self.covis or not self.covis_anchors:
+            return None
+        return max(self.covis_anchors, key=lambda m: m[1] * m[2].get(item, 0.0))[0]
 
     def source_matrix(self) -> np.ndarray:
         """[n, 3] scores per source, each source scaled to [0, 1] by its best candidate."""
@@ -70,7 +80,7 @@ class CandidatePool:
             if not src:
                 continue
             rows = np.fromiter((self.index[i] for i in src), dtype=np.int64, count=len(src))
-            vals = np.fromiter((v[0] for v in src.values()), dtype=np.float64, count=len(src))
+            vals = np.fromiter(src.values(), dtype=np.float64, count=len(src))
             top = vals.max()
             if top > 0:
                 m[rows, col] = np.clip(vals / top, 0.0, 1.0)
@@ -103,8 +113,12 @@ def ann_candidates(
     n: int,
     exclude: Sequence[str],
     settings: Settings,
+    min_per_query: int = 1,
 ) -> None:
-    """Neighbours of the session vector and of each live interest, one batched search."""
+    """Neighbours of the session vector and of each live interest, one batched search.
+
+    The `n` slots are shared by the queries (at least `min_per_query` each, usually the list size).
+    """
     queries: list[np.ndarray] = []
     weights: list[float] = []
     tags: list[int] = []
@@ -124,16 +138,18 @@ def ann_candidates(
                 tags.append(idx)
     if not queries:
         return
-    results = catalog.search_many(np.stack(queries).astype(np.float32), n, exclude=exclude)
+    per_query = max(min_per_query, n // len(queries))  # the budget is shared, so more interests cost no more
+    results = catalog.search_many(np.stack(queries).astype(np.float32), per_query, exclude=exclude)
     for qw, tag, hits in zip(weights, tags, results, strict=True):
         for item, sim in hits:
             s = qw * float(sim)
             if s <= 0:
                 continue
             old = pool.ann.get(item)
-            if old is None or s > old[0]:
+            if old is None or s > old:
                 pool._add(item)
-                pool.ann[item] = (s, tag)
+                pool.ann[item] = s
+                pool.ann_query[item] = tag
 
 
 def covis_anchors(state: VisitorState, n: int) -> list[tuple[str, float]]:
@@ -148,22 +164,29 @@ def covis_candidates(
     n_anchors: int,
     n: int,
 ) -> None:
-    """Items co-visited with the visitor's recent items, weighted by anchor recency."""
+    """Items co-visited with the visitor's recent items, weighted by anchor recency.
+
+    The evidence (the anchor that contributed most) is looked up later, and only for the items that make
+    the list (`CandidatePool.covis_anchor`), which is far cheaper than tracking it for every neighbour.
+    """
+    maps = [(anchor, w, covis.neighbours(anchor)) for anchor, w in covis_anchors(state, n_anchors)]
     scores: dict[str, float] = {}
-    best: dict[str, tuple[float, str]] = {}
-    for anchor, w in covis_anchors(state, n_anchors):
-        for item, cw in covis.neighbours(anchor).items():
-            contrib = w * cw / (1.0 + covis.degree.get(item, 0.0)) ** COVIS_DEGREE_POWER
-            scores[item] = scores.get(item, 0.0) + contrib
-            b = best.get(item)
-            if b is None or contrib > b[0]:
-                best[item] = (contrib, anchor)
+    for _, w, nbrs in maps:
+        for item, cw in nbrs.items():
+            scores[item] = scores.get(item, 0.0) + w * cw
     if not scores:
         return
-    top = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    pool.covis_anchors = maps
+    top = heapq.nsmallest(n, scores.items(), key=_best_first) if len(scores) > n else sorted(
+        scores.items(), key=_best_first
+    )
     for item, s in top:
         pool._add(item)
-        pool.covis[item] = (s, best[item][1])
+        pool.covis[item] = s
+
+
+def _best_first(kv: tuple[str, float]) -> tuple[float, str]:
+    return (-kv[1], kv[0])
 
 
 def popular_categories(
@@ -192,10 +215,17 @@ def popular_candidates(
     page_category: str | None,
     n: int,
     settings: Settings,
+    min_per_category: int = 1,
 ) -> None:
-    """Best-sellers of the visitor's categories, each list scaled by its own best, times its weight."""
-    for cat, cw in popular_categories(state, now_ms, page_category, settings):
-        ranked = popularity.top(cat, n, now_ms)
+    """Best-sellers of the visitor's categories, each list scaled by its own best, times its weight.
+
+    The categories share `n` slots by weight (at least `min_per_category` each): side categories fill,
+    not flood.
+    """
+    cats = popular_categories(state, now_ms, page_category, settings)
+    total = sum(cw for _, cw in cats)
+    for cat, cw in cats:
+        ranked = popularity.top(cat, max(min_per_category, round(n * cw / total)), now_ms)
         if not ranked:
             continue
         top = ranked[0][1]
@@ -204,9 +234,10 @@ def popular_candidates(
         for item, s in ranked:
             v = cw * s / top
             old = pool.popular.get(item)
-            if old is None or v > old[0]:
+            if old is None or v > old:
                 pool._add(item)
-                pool.popular[item] = (v, cat)
+                pool.popular[item] = v
+                pool.popular_category[item] = cat
 
 
 def gather(
@@ -220,15 +251,16 @@ def gather(
     page_category: str | None,
     settings: Settings,
     n_anchors: int,
+    k: int,
 ) -> CandidatePool:
-    """All three sources for one visitor, `n` candidates from each (fewer when a source runs dry)."""
+    """All three sources for one visitor, about `n` candidates from each, for a list of `k`."""
     pool = CandidatePool()
     if settings.weight_covis > 0:
         covis_candidates(pool, state, covis, n_anchors, n)
     if settings.weight_ann > 0:
-        ann_candidates(pool, state, catalog, now_ms, n, exclude, settings)
+        ann_candidates(pool, state, catalog, now_ms, n, exclude, settings, min_per_query=k)
     if settings.weight_popular > 0 or not pool.ids:
-        popular_candidates(pool, state, popularity, now_ms, page_category, n, settings)
+        popular_candidates(pool, state, popularity, now_ms, page_category, n, settings, min_per_category=k)
     return pool
 
 

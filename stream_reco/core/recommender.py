@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 MMR_POOL_FACTOR = 3
 #: a co-visit between the new item and one `d` events back weighs d ** -COVIS_DISTANCE_POWER
 COVIS_DISTANCE_POWER = 1.0
+#: weight of "viewed before" relative to "viewed after" in co-visitation (1: symmetric)
+COVIS_BACKWARD_WEIGHT = 1.0
 
 
 @runtime_checkable
@@ -93,7 +95,7 @@ class Recommender:
         self.settings = settings
         self.catalog = catalog
         self.store: VisitorStore = store if store is not None else InMemoryVisitorStore()
-        self.covis = CoVisitation(settings.covis_neighbours)
+        self.covis = CoVisitation(settings.covis_neighbours, backward_weight=COVIS_BACKWARD_WEIGHT)
         self.popularity = Popularity(settings.popularity_half_life_h)
         self.rules: list[Rule] = default_rules(settings)
         self.n_observed = 0
@@ -199,41 +201,52 @@ class Recommender:
             scope = state.page_category
         ctx = RuleContext(s, self.catalog, state, now_ms, page_category=scope, exclude_interacted=exclude_interacted)
         n = max(k, s.overfetch * k)
-        pool = gather(
-            state,
-            self.catalog,
-            self.covis,
-            self.popularity,
-            now_ms,
-            n,
-            excluded_ids(ctx),
-            page_category,
-            s,
-            s.covis_anchor_items,
-        )
-        ids, scores, sources = self._score(pool, ctx)
+        pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, excluded_ids(ctx),
+                      page_category, s, s.covis_anchor_items, k)
+        ids, scores, sources = self._score(pool, ctx, k, n)
         if len(ids) < k:  # filtering left too few: widen the shop-wide best-sellers once
             popular_candidates(pool, state, self.popularity, now_ms, scope, POPULAR_TOP_CAP, s)
-            ids, scores, sources = self._score(pool, ctx)
+            ids, scores, sources = self._score(pool, ctx, k, n)
         if not ids:
             return []
-        order = stable_order(ids, scores)[: MMR_POOL_FACTOR * k]
-        ids = [ids[i] for i in order]
-        scores, sources = scores[order], sources[order]
+        pool_size = MMR_POOL_FACTOR * k
+        ids, scores, sources = ids[:pool_size], scores[:pool_size], sources[:pool_size]
         picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda)
         explainer = _Explainer(self, state, now_ms)
         return [
             RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
         ]
 
-    def _score(self, pool: CandidatePool, ctx: RuleContext) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Blend the sources, apply the rules, keep the survivors (ids, scores, strongest source)."""
+    def _score(
+        self, pool: CandidatePool, ctx: RuleContext, k: int, n: int
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Blend the sources, then apply the rules best-first in chunks of `n` until `k` survive.
+
+        Returns the survivors in canonical order (score, then id) with their scores and strongest source.
+        Rules re-weight scores, so survivors of a chunk are re-sorted; chunks keep the cost of the rules
+        proportional to the list, not to the number of candidates.
+        """
         if not pool.ids:
             return [], np.zeros(0), np.zeros(0, dtype=np.int64)
-        scores, sources = blend(pool, self.settings)
-        mult = apply_rules(self.rules, ctx, Batch.of(pool.ids, self.catalog))
-        keep = np.flatnonzero(mult > 0)
-        return [pool.ids[i] for i in keep], (scores * mult)[keep], sources[keep]
+        blended, strongest = blend(pool, self.settings)
+        order = stable_order(pool.ids, blended)
+        kept_ids: list[str] = []
+        kept_scores: list[np.ndarray] = []
+        kept_sources: list[np.ndarray] = []
+        for start in range(0, len(order), n):
+            chunk = order[start : start + n]
+            ids = [pool.ids[i] for i in chunk]
+            mult = apply_rules(self.rules, ctx, Batch.of(ids, self.catalog))
+            keep = np.flatnonzero(mult > 0)
+            kept_ids.extend(ids[i] for i in keep)
+            kept_scores.append((blended[chunk] * mult)[keep])
+            kept_sources.append(strongest[chunk][keep])
+            if len(kept_ids) >= MMR_POOL_FACTOR * k:
+                break
+        scores = np.concatenate(kept_scores)
+        sources = np.concatenate(kept_sources)
+        final = stable_order(kept_ids, scores)
+        return [kept_ids[i] for i in final], scores[final], sources[final]
 
     def recommendation(
         self,
@@ -309,16 +322,16 @@ class _Explainer:
 
     def reason(self, item_id: str, source: int, pool: CandidatePool) -> str:
         cat = self._category(item_id)
-        if source == SOURCE_COVIS and item_id in pool.covis:
-            anchor = pool.covis[item_id][1]
+        anchor = pool.covis_anchor(item_id) if source == SOURCE_COVIS else None
+        if anchor is not None:
             it = self.rec.catalog.get(anchor)
             return explain.often_viewed_with(it.title if it is not None and it.title else anchor)
         if source == SOURCE_ANN and item_id in pool.ann:
-            counts = self._category_counts(session=pool.ann[item_id][1] == SESSION_QUERY)
+            counts = self._category_counts(session=pool.ann_query[item_id] == SESSION_QUERY)
             n = counts.get(cat, 0) if cat else 0
             return explain.because_viewed(n, leaf_of(cat)) if n else explain.similar_to_liked()
         if item_id in pool.popular:
-            pcat = pool.popular[item_id][1]
+            pcat = pool.popular_category[item_id]
             return explain.popular_in(leaf_of(pcat) if pcat != GLOBAL else "", self.rec.settings.popularity_half_life_h)
         return explain.similar_to_liked()
 

@@ -9,8 +9,8 @@ double-counting what the stream taught.
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from stream_reco.core.events import CATEGORY_SEP
@@ -38,12 +38,12 @@ class CoVisitation:
     replaced on every model load; a lookup adds the two, scaled by `prior_weight`.
     """
 
-    def __init__(self, max_neighbours: int, prior_weight: float = 1.0) -> None:
+    def __init__(self, max_neighbours: int, prior_weight: float = 1.0, backward_weight: float = 1.0) -> None:
         self.max_neighbours = max(1, int(max_neighbours))
         self.prior_weight = prior_weight
+        self.backward_weight = backward_weight
         self.pairs: dict[str, dict[str, float]] = {}
         self.prior: dict[str, dict[str, float]] = {}
-        self.degree: dict[str, float] = {}  # total streamed co-visit weight per item (never pruned)
         self._limit = max(self.max_neighbours + 1, int(self.max_neighbours * PRUNE_SLACK))
 
     def set_prior(self, covis: Mapping[str, Sequence[tuple[str, float]]]) -> None:
@@ -53,23 +53,28 @@ class CoVisitation:
             for item, nbrs in covis.items()
         }
 
-    def add(self, a: str, b: str, weight: float) -> None:
-        """Strengthen the pair (a, b) in both directions."""
+    def add(self, a: str, b: str, weight: float, backward: float = 1.0) -> None:
+        """Strengthen a -> b by `weight` and b -> a by `weight * backward` (1: symmetric)."""
         if a == b or weight <= 0:
             return
-        for x, y in ((a, b), (b, a)):
-            self.degree[x] = self.degree.get(x, 0.0) + weight
+        for x, y, w in ((a, b, weight), (b, a, weight * backward)):
+            if w <= 0:
+                continue
             nbrs = self.pairs.get(x)
             if nbrs is None:
                 nbrs = self.pairs[x] = {}
-            nbrs[y] = nbrs.get(y, 0.0) + weight
+            nbrs[y] = nbrs.get(y, 0.0) + w
             if len(nbrs) > self._limit:
                 self.pairs[x] = dict(_top(nbrs.items(), self.max_neighbours))
 
     def observe(self, item: str, recent: Sequence[tuple[str, float]]) -> None:
-        """Co-visit `item` with each of the visitor's recent items, each with its own weight."""
+        """Co-visit `item` with each of the visitor's earlier items, each with its own weight.
+
+        Forward (earlier item -> `item`, what people view *next*) gets the full weight, backward
+        `backward_weight` of it: on session logs the next item is the better predictor.
+        """
         for other, w in recent:
-            self.add(item, other, w)
+            self.add(other, item, w, self.backward_weight)
 
     def neighbours(self, item: str) -> dict[str, float]:
         """Streamed plus prior weights of `item`'s neighbours (a new dict; empty for an unknown item)."""
@@ -92,44 +97,41 @@ class CoVisitation:
 
 
 class _TopTracker:
-    """The `cap` highest-scoring items of one category, kept exact under score increases.
+    """The `cap` highest-scoring items of one category, kept exact and sorted under score increases.
 
     Correct because stored popularity scores only ever grow (decay is applied by rescaling the clock, not
     by lowering scores), so an item outside the top can only enter it by beating the current minimum.
+    `order` holds (-score, item) ascending, i.e. best first with ties by id, so a top-n query is a slice;
+    an update is a bisect plus a C-level list move of at most `cap` entries.
     """
 
-    __slots__ = ("cap", "members", "min_item", "min_score")
+    __slots__ = ("cap", "members", "order")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.members: dict[str, float] = {}
-        self.min_item: str | None = None
-        self.min_score = -math.inf
+        self.order: list[tuple[float, str]] = []
 
     def offer(self, item: str, score: float) -> None:
-        if item in self.members:
-            self.members[item] = score
-            if item == self.min_item:
-                self._refresh_min()
-            return
-        if len(self.members) < self.cap:
-            self.members[item] = score
-            if self.min_item is None or (score, item) < (self.min_score, self.min_item):
-                self.min_item, self.min_score = item, score
-            return
-        if (score, item) > (self.min_score, self.min_item or ""):
-            del self.members[self.min_item]  # type: ignore[arg-type]
-            self.members[item] = score
-            self._refresh_min()
+        old = self.members.get(item)
+        if old is not None:
+            del self.order[bisect.bisect_left(self.order, (-old, item))]
+        elif len(self.members) >= self.cap:
+            worst = self.order[-1]
+            if (-score, item) >= worst:
+                return
+            self.order.pop()
+            del self.members[worst[1]]
+        self.members[item] = score
+        bisect.insort(self.order, (-score, item))
 
-    def _refresh_min(self) -> None:
-        item, score = min(self.members.items(), key=lambda kv: (kv[1], kv[0]))
-        self.min_item, self.min_score = item, score
+    def top(self, n: int) -> list[tuple[str, float]]:
+        return [(item, -neg) for neg, item in self.order[:n]]
 
     def rescale(self, factor: float) -> None:
         for k in self.members:
             self.members[k] *= factor
-        self.min_score *= factor
+        self.order = sorted((neg * factor, item) for neg, item in self.order)  # rounding may tie scores
 
 
 def category_prefixes(category_path: str) -> list[str]:
@@ -207,7 +209,7 @@ class DecayedCounts:
         if tracker is None:
             return []
         f = self._now_factor(now_ms)
-        return [(k, v * f) for k, v in _top(tracker.members.items(), n)]
+        return [(k, v * f) for k, v in tracker.top(n)]
 
     def categories(self) -> list[str]:
         return sorted(self.tops)

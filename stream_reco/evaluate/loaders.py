@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 from tqdm import tqdm
 
 from stream_reco.core.events import CatalogItem, Event, EventType
+from stream_reco.schemas import InvalidMessage, decode_event, decode_item
 
 MS_PER_S = 1000
-SECONDS_PER_HOUR = 3600
 DAY_H = 24.0
 # JD has no absolute time: its synthetic timeline starts here (2020-01-01T00:00Z); only differences matter.
 JD_TIMELINE_ORIGIN_MS = 1_577_836_800_000
@@ -155,7 +154,8 @@ def _int(row: dict[str, str], key: str, where: str) -> int:
 
 
 def iter_jsonl_events(path: str | os.PathLike[str], progress: bool = True) -> Iterator[LogRecord]:
-    """Contract events, one JSON object per line; dismissals are learned but never targets."""
+    """Contract events, one JSON object per line, validated by the contract's schema (`schemas.py`);
+    dismissals are learned but never targets."""
     path = Path(path)
     bar = _Progress(path, f"read {path.name}", progress)
     try:
@@ -165,8 +165,8 @@ def iter_jsonl_events(path: str | os.PathLike[str], progress: bool = True) -> It
                 if not line.strip():
                     continue
                 try:
-                    event = Event.from_dict(orjson.loads(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    event = decode_event(line.rstrip(b"\r\n"), max_bytes=len(line))
+                except InvalidMessage as exc:
                     raise LogFormatError(f"{path}:{lineno}: not a contract event: {exc}") from exc
                 yield LogRecord(event, target=event.event_type != "dismiss")
     finally:
@@ -174,15 +174,15 @@ def iter_jsonl_events(path: str | os.PathLike[str], progress: bool = True) -> It
 
 
 def iter_catalog_jsonl(path: str | os.PathLike[str]) -> Iterator[CatalogItem]:
-    """Contract catalog items, one JSON object per line (later lines of the same id are upserts)."""
+    """Contract catalog items, one JSON object per line, schema-validated (later lines of an id are upserts)."""
     path = Path(path)
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                yield CatalogItem.from_dict(orjson.loads(line))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                yield decode_item(line.rstrip(b"\r\n"), max_bytes=len(line))
+            except InvalidMessage as exc:
                 raise LogFormatError(f"{path}:{lineno}: not a contract catalog item: {exc}") from exc
 
 

@@ -269,6 +269,9 @@ class StreamRecoMethod:
     after the list for that event was asked for: otherwise our method alone would know items the log has
     not shown yet. Items the dataset says nothing about get a bare catalogue entry (the core recommends only
     items the catalogue describes).
+
+    No `page_category` is passed when asking: the target event's page is the target item's own category,
+    which would leak the answer; the core still knows the pages of the visitor's earlier events.
     """
 
     name = OURS

@@ -130,6 +130,9 @@ def table(report: dict[str, Any]) -> str:
             f"{OURS}: coverage {quality['catalog_coverage']:.3f}, personalisation {quality['personalisation']:.3f}, "
             f"diversity {quality['intra_list_diversity']}, violations {quality['violations']['total']}"
         )
+    t = report.get("timings", {})
+    if "wall_s" in t:
+        lines.append(f"time: {t['wall_s']:.1f}s wall, {t['cpu_s']:.1f}s CPU")
     g = report.get("goal", {})
     if g.get("met") is not None:
         ratios = ", ".join(f"{key} x{val['ratio']}" for key, val in g.items() if isinstance(val, dict))

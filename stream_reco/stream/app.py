@@ -26,6 +26,14 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread per worker unless the deployment says otherwise. The worker's matrix products are small
+# (a few queries against the catalogue per list) and OpenBLAS's extra threads spin waiting for a core: on a
+# 2-core machine its default cost ~4x CPU per event and multi-second latencies (docs/benchmarks.md). It
+# must be set before numpy loads, which this module is the first of the worker's imports to do.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import asyncio
 import logging
 import time
@@ -39,17 +47,19 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from stream_reco import schemas
+from stream_reco import redact, schemas
 from stream_reco.core.events import CatalogItem, Event, Recommendation
 from stream_reco.core.recommender import Recommender
 from stream_reco.core.state import VisitorState
 from stream_reco.model import artifact as model_artifact
 from stream_reco.settings import Settings
-from stream_reco.stream.recovery import NotRecovering, StatsRecovery
+from stream_reco.stream import joins
+from stream_reco.stream.recovery import StatsRecovery
 
 log = logging.getLogger(__name__)
 
 READY_LINE = "stream-reco worker ready"
+ASSIGNED_LINE = "events partitions assigned:"
 VISITORS_TABLE = "visitors"
 STATS_INTERVAL_S = 10.0
 
@@ -86,9 +96,14 @@ class TableStore:
         self.partitions = list(range(partitions))
         self.partition: int | None = None
         self.current_key: str | None = None
+        #: while the core applies an event, only visitors of the event's partition are visible (stream/joins.py)
+        self.only_partition: int | None = None
         self._partitioner = DefaultPartitioner()
 
     def get(self, key: str) -> VisitorState | None:
+        if self.only_partition is not None and key != self.current_key and self._partitioner(
+                key.encode(), self.partitions, self.partitions) != self.only_partition:
+            return None  # another partition's visitor (maybe another worker's): logins are forwarded instead
         raw = self.table.data.get(key.encode())
         return VisitorState.from_bytes(raw) if raw else None
 
@@ -128,6 +143,7 @@ class RecoWorker:
 
     def __init__(self, settings: Settings, recommender: Recommender | None = None) -> None:
         schemas.load_schemas()  # a broken install fails here, before any message is consumed
+        redact.install(settings)  # libraries log what they send (a SASL PLAIN login at DEBUG): mask secrets
         self.settings = settings
         self.stats = WorkerStats()
         self.catalog_ready = asyncio.Event()
@@ -180,6 +196,8 @@ class RecoWorker:
         # statistics live only in memory: rebuilt from the events topic per partition (stream/recovery.py)
         self.recovery = StatsRecovery(settings, self.recommender, self.store)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
+        self.active_partitions: set[int] = set()
         self.app.agent(self.events_topic, name="stream_reco.process_events")(self._process_events)
         self.app.task(self._consume_catalog)
         self.app.timer(settings.model_poll_s)(self._watch_model)
@@ -213,26 +231,87 @@ class RecoWorker:
             try:
                 event = schemas.decode_event(raw, max_bytes=max_bytes)
             except schemas.InvalidMessage as exc:
-                await self._dead_letter(msg, raw, exc)
+                if joins.is_control(raw):
+                    await self._control(msg, raw, triggers, replayed)
+                else:
+                    await self._dead_letter(msg, raw, exc)
                 continue
             self.store.current_key = event.visitor_key
             self.store.partition = msg.partition
-            shadow_rec = self.recovery.replay_redelivered(msg.partition, msg.offset, event)
-            if not isinstance(shadow_rec, NotRecovering):
-                if shadow_rec is not None:
-                    replayed[event.visitor_key] = (event, shadow_rec)
-                    triggers.pop(event.visitor_key, None)
-                continue
-            if not self.recommender.observe(event):
+            # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
+            shadow = self.recovery.shadow_for(msg.partition, msg.offset)
+            recommender = shadow or self.recommender
+            forward = self._needs_join_request(event, msg.partition, recommender)
+            self.store.only_partition = msg.partition
+            try:
+                observed = recommender.observe(event)
+            finally:
+                self.store.only_partition = None
+            if not observed:
                 self.stats.counts["duplicates"] += 1
                 continue
+            if forward:
+                await self._join_across(event, msg.partition, local=shadow is None)
             self.stats.counts["events"] += 1
-            triggers[event.visitor_key] = event
-            replayed.pop(event.visitor_key, None)
+            self._trigger(event.visitor_key, event, shadow, triggers, replayed)
         for key, (event, rec) in replayed.items():
             await self._publish(key, event, rec)
         for key, event in triggers.items():
             await self._publish(key, event)
+
+    @staticmethod
+    def _trigger(key: str, trigger: Event, shadow: Recommender | None, triggers: dict[str, Event],
+                 replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """Note the visitor's list to publish after the batch; a shadow's is computed now, at this log position."""
+        if shadow is None:
+            triggers[key] = trigger
+            replayed.pop(key, None)
+        else:
+            replayed[key] = (trigger, shadow.recommendation(key, now_ms=int(trigger.timestamp), trigger=trigger))
+            triggers.pop(key, None)
+
+    def _needs_join_request(self, event: Event, partition: int, recommender: Recommender) -> bool:
+        """A login whose session lives on another partition, new to this user: forward a join (joins.py)."""
+        if not joins.crosses_partitions(event, partition, self.settings.partitions):
+            return False
+        before = recommender.store.get(event.visitor_key)
+        return before is None or before.session_id != event.session_id
+
+    async def _join_across(self, event: Event, partition: int, local: bool) -> None:
+        """Join a login's session that lives on another partition (stream/joins.py): at once when this worker
+        owns that partition too (`local`), else through a join request to the session's partition."""
+        request, key, value = joins.join_request(event)
+        session_partition = joins.partition_of(request.session_id, self.settings.partitions)
+        if local and session_partition in self.active_partitions:
+            self.store.current_key, self.store.partition = request.session_id, session_partition
+            outcome = joins.apply(request, self.store, self.settings)
+            if outcome.join_state is not None:
+                self.store.current_key, self.store.partition = request.user_id, partition
+                joins.apply(outcome.join_state, self.store, self.settings)
+                self.stats.counts["joins_local"] += 1
+            for state_key, state_value in outcome.send:  # in the log too, for rebuilds; a no-op when consumed
+                await self.events_topic.send(key=state_key, value=state_value)
+            self.store.current_key, self.store.partition = event.visitor_key, partition
+        await self.events_topic.send(key=key, value=value)
+        self.stats.counts["join_requests"] += 1
+
+    async def _control(self, msg: Any, raw: bytes | bytearray, triggers: dict[str, Event],
+                       replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """A login-join control record (stream/joins.py), applied on the partition of its key."""
+        try:
+            control = joins.parse(raw, self.settings.max_message_bytes)
+        except schemas.InvalidMessage as exc:
+            await self._dead_letter(msg, raw, exc)
+            return
+        self.store.current_key = control.key
+        self.store.partition = msg.partition
+        shadow = self.recovery.shadow_for(msg.partition, msg.offset)
+        outcome = joins.apply(control, (shadow or self.recommender).store, self.settings)
+        for key, value in outcome.send:
+            await self.events_topic.send(key=key, value=value)
+        self.stats.counts[control.kind] += 1
+        if outcome.republish is not None:
+            self._trigger(control.user_id, outcome.republish, shadow, triggers, replayed)
 
     async def _publish(self, key: str, trigger: Event, rec: Recommendation | None = None) -> None:
         if rec is None:
@@ -354,6 +433,12 @@ class RecoWorker:
 
     async def _on_partitions_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self.recovery.forget({tp.partition for tp in revoked if tp.topic == self.settings.events_topic})
+
+    async def _on_partitions_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        """Remember and log which events partitions this worker owns now (local login joins; operators)."""
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.events_topic)
+        self.active_partitions = set(mine)
+        log.info("%s %s", ASSIGNED_LINE, mine)
 
     async def _recommendations_view(self, web: Any, request: Any, visitor: str) -> Any:
         """The list last published by this worker; after a restart, one computed from the recovered state.

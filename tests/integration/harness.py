@@ -113,12 +113,16 @@ def free_ports(count: int) -> list[int]:
     raise RuntimeError(f"no {count} free ports in {PRIVATE_PORT_BASE}..{PRIVATE_PORT_BASE + PRIVATE_PORT_SPAN}")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, poll_s: float = 0.2) -> float:
-    """Poll `condition` until it holds; return the seconds it took. Raises TimeoutError naming `what`."""
+def wait_until(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str],
+               poll_s: float = 0.2) -> float:
+    """Poll `condition` until it holds; return the seconds it took.
+
+    Raises TimeoutError naming `what` (a callable is asked at the timeout, so it can describe the state then)."""
     began = time.monotonic()
     while not condition():
         if time.monotonic() - began > timeout:
-            raise TimeoutError(f"{what}: not reached after {timeout:.0f} s")
+            text = what() if callable(what) else what
+            raise TimeoutError(f"{text}: not reached after {timeout:.0f} s")
         time.sleep(poll_s)
     return time.monotonic() - began
 

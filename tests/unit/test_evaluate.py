@@ -224,3 +224,20 @@ def test_evaluate_rejects_unknown_methods_and_missing_logs(tmp_path: Path) -> No
     write_jsonl(tmp_path / "e.jsonl", [e.to_dict() for e in events])
     bad = runner.invoke(cli, ["evaluate", str(tmp_path / "e.jsonl"), "--methods", "POP,NOPE", "--no-progress"])
     assert bad.exit_code == 2 and "NOPE" in bad.output
+
+
+def test_two_processes_give_the_same_ranks_as_one() -> None:
+    from stream_reco.evaluate.cli import evaluate
+    from stream_reco.evaluate.loaders import LoadedLog, sort_by_time
+
+    events, catalog = shop_log(seed=5)
+    loaded = LoadedLog(records=sort_by_time(LogRecord(e, e.event_type != "dismiss") for e in events),
+                       catalog=catalog)
+    settings = Settings.load(env={}, embedding_dim=8)
+    one = evaluate(loaded, settings, methods=["COVIS", OURS], catalog_upfront=True, progress=False, jobs=1)
+    two = evaluate(loaded, settings, methods=["COVIS", OURS], catalog_upfront=True, progress=False, jobs=2)
+    assert two["jobs"] == 2 and one["jobs"] == 1
+    for name in ("COVIS", OURS):
+        for variant in VARIANTS:
+            assert one["methods"][name][variant] == two["methods"][name][variant]
+    assert one["methods"][OURS]["quality"]["violations"] == two["methods"][OURS]["quality"]["violations"]

@@ -181,7 +181,7 @@ def test_login_joins_the_session_history_to_the_user():
     rec_record = rec.recommendation("u7", t + 3 * MINUTE)
     assert rec_record.user_id == "u7" and rec_record.session_id == "anon-s"
     assert item_id(MIXERS, 0) not in items_of(rec_record.items)
-    assert any(r.reason == "Because you viewed 2 kettles" for r in rec_record.items)
+    assert any("kettle" in r.reason.lower() for r in rec_record.items)  # the session's kettles count
 
 
 def test_login_without_store_delete_leaves_an_empty_state():
