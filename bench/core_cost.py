@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,19 +170,22 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def _store_memory_child(templates: Sequence[bytes], visitors: int) -> dict[str, float]:
+def _store_memory_child(templates_path: str, visitors: int) -> None:
+    """Child process body: build the store, print the figures as JSON on stdout."""
+    templates = orjson.loads(Path(templates_path).read_bytes())
+    raw = [t.encode("latin-1") for t in templates]
     before = _rss()
-    data = dict(clone_states(templates, visitors, "mem-"))
+    data = dict(clone_states(raw, visitors, "mem-"))
     after = _rss()
     objects = sys.getsizeof(data) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in data.items())
     payload = sum(len(v) for v in data.values())
-    return {
+    sys.stdout.write(orjson.dumps({
         "visitors": visitors,
         "rss_growth_bytes": after - before,
         "rss_bytes_per_visitor": (after - before) / visitors,
         "objects_bytes_per_visitor": objects / visitors,
         "to_bytes_mean": payload / visitors,
-    }
+    }).decode())
 
 
 def store_memory(templates: Sequence[bytes], visitors: int) -> dict[str, float]:
@@ -188,10 +195,14 @@ def store_memory(templates: Sequence[bytes], visitors: int) -> dict[str, float]:
     Built in a fresh child process: in this one, memory freed by earlier phases would be reused and
     hide part of the growth.
     """
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_store_memory_child, (list(templates), visitors))
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "templates.json"
+        path.write_bytes(orjson.dumps([t.decode("latin-1") for t in templates]))
+        code = f"from bench.core_cost import _store_memory_child; _store_memory_child({str(path)!r}, {visitors})"
+        proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONPATH": str(root)})
+    return dict(orjson.loads(proc.stdout))
 
 
 def stage_costs(rec: Recommender, docs: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -14,6 +14,7 @@ STREAM_RECO_* environment instead of `stream-reco worker`; read the file with `a
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ import orjson
 
 #: faust reports record timestamps in seconds; the trace keeps milliseconds
 MS = 1000.0
+#: set (ms) to run the worker with another consumer fetch_max_wait_ms than faust's built-in 1500
+FETCH_MAX_WAIT_ENV = "BENCH_FETCH_MAX_WAIT_MS"
 
 
 def install(trace_path: Path) -> None:
@@ -42,6 +45,15 @@ def install(trace_path: Path) -> None:
                                 "sent": sent}) + b"\n")
 
     app_module.RecoWorker.handle_batch = traced  # type: ignore[method-assign]
+
+
+def override_fetch_max_wait(ms: int) -> None:
+    """Experiment hook: run the worker's events consumer with another `fetch_max_wait_ms`. The worker sets
+    `stream_reco.stream.app.FETCH_MAX_WAIT_MS` on faust's consumer (faust itself hard-codes 1500), so
+    `BENCH_FETCH_MAX_WAIT_MS=1500` reproduces faust's behaviour before that change."""
+    from stream_reco.stream import app as app_module
+
+    app_module.FETCH_MAX_WAIT_MS = ms
 
 
 def analyse(trace_path: Path, since_ms: float, until_ms: float) -> dict[str, Any]:
@@ -78,6 +90,8 @@ def main(argv: Sequence[str]) -> None:
     from stream_reco.stream.worker import run_worker
 
     install(Path(argv[0]))
+    if os.environ.get(FETCH_MAX_WAIT_ENV):
+        override_fetch_max_wait(int(os.environ[FETCH_MAX_WAIT_ENV]))
     sys.argv = [sys.argv[0]]  # faust's command line parser must not see the trace path
     run_worker(Settings.load(), loglevel="warn")
 

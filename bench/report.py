@@ -32,6 +32,8 @@ REQUIRED_NUMBERS = (
 PNG_DPI = 110
 FIGURE_SIZE = (13.0, 9.0)
 LATENCY_PERCENTILES = ("p50", "p95", "p99")
+#: the two delta sizes bench/ann.py measures (new items served exactly beside the annoy snapshot)
+DELTA_SMALL, DELTA_LARGE = 100, 1000
 
 
 def _get(doc: Any, dotted: str) -> Any:
@@ -84,13 +86,16 @@ def _jsonable(doc: Any) -> Any:
 
 
 def write(result: dict[str, Any], output: Path) -> list[str]:
-    """Write `output` (JSON) and `output` with a .png suffix; returns the problems found (also stored)."""
+    """Write `output` (JSON), the PNG and, for a complete result, the Markdown tables next to it (.png, .md);
+    returns the problems found (also stored in the result)."""
     problems = list(iter_problems(result))
     result["problems"] = problems
     result["png"] = str(output.with_suffix(".png"))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(orjson.dumps(_jsonable(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
     plot(result, output.with_suffix(".png"))
+    if not problems:
+        output.with_suffix(".md").write_text(markdown(result))
     return problems
 
 
@@ -208,3 +213,102 @@ def summary(result: dict[str, Any]) -> str:
                  f"(target {mem['target_bytes_per_visitor']} B: {'met' if mem['met'] else 'missed'})")
     lines.append(f"scaling: {result['scaling']['sentence']}")
     return "\n".join(lines)
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    """A number for a table cell ('-' when absent)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The figures as Markdown tables (docs/benchmarks.md quotes them; written next to the JSON)."""
+    out: list[str] = []
+    env = result["environment"]
+    out.append(f"Run {result['run_id']} ({result['profile']}), {env['date']}, {env['cpu_count']} x {env['cpu']}, "
+               f"{env['memory_gib']} GiB, load average {env['load_average_start'][0]:.1f} at start, "
+               f"commit {env['git_commit']}; {result['wall_s']:.0f} s.\n")
+    out.append("| shop (items / visitors) | worker events/s | pass-through events/s | ratio | worker CPU ms/event "
+               "| pass-through CPU ms/event | CPU-time ratio |")
+    out.append("|---|---|---|---|---|---|---|")
+    for label, thr in result["throughput"]["by_shop"].items():
+        shop = result["shops"][label]
+        cpu_w = [r["cpu_ms_per_event"] for r in thr["worker"]["runs"]]
+        cpu_p = [r["cpu_ms_per_event"] for r in thr["passthrough"]["runs"]]
+        out.append(f"| {shop['items']:,} / {shop['visitors']:,} | {_f(thr['worker']['median_events_per_s'], 0)} "
+                   f"| {_f(thr['passthrough']['median_events_per_s'], 0)} | {thr['ratio_median']:.1%} "
+                   f"| {_f(sorted(cpu_w)[len(cpu_w) // 2], 2)} | {_f(sorted(cpu_p)[len(cpu_p) // 2], 3)} "
+                   f"| {thr['cpu_ratio']:.1%} |")
+    out.append("")
+    fresh = result["freshness"]
+    out.append(f"Freshness, shop {fresh['shop']}, max rate {fresh['max_rate_events_per_s']:.0f} events/s (ms):\n")
+    out.append("| load | events/s | p50 | p95 | p99 | worker stamp p50 / p99 | send -> batch start p50 / p99 "
+               "| batch wall p50 (CPU) | batch size p50 | worker CPU ms/event | CPU stall share |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for lv in fresh["levels"]:
+        lat, wk, bd = lv["latency_ms"], lv.get("worker_ms", {}), lv.get("breakdown", {})
+        wait = bd.get("send_to_batch_start_ms", {})
+        out.append(f"| {lv['fraction']:.0%} | {_f(lv['target_rate'], 0)} | {_f(lat['p50'])} | {_f(lat['p95'])} "
+                   f"| {_f(lat['p99'])} | {_f(wk.get('p50'))} / {_f(wk.get('p99'))} "
+                   f"| {_f(wait.get('p50'))} / {_f(wait.get('p99'))} "
+                   f"| {_f(bd.get('batch_processing_ms', {}).get('p50'))} "
+                   f"({_f(bd.get('batch_processing_cpu_ms', {}).get('p50'))}) "
+                   f"| {_f(bd.get('batch_size', {}).get('p50'), 0)} | {_f(lv.get('worker_cpu_ms_per_event'), 2)} "
+                   f"| {_f(lv['cpu_stall_share'], 2)} |")
+    pt = fresh["passthrough_at_target_fraction"]
+    out.append(f"| pass-through at {pt['fraction']:.0%} | {_f(pt['target_rate'], 0)} | {_f(pt['latency_ms']['p50'])} "
+               f"| {_f(pt['latency_ms']['p95'])} | {_f(pt['latency_ms']['p99'])} | - | - | - | - | - "
+               f"| {_f(pt['cpu_stall_share'], 2)} |")
+    out.append("")
+    ann = result["ann"]
+    out.append(f"ANN (recall@{ann['k']}, {ann['clock']}):\n")
+    out.append("| items | exact ms | exact batched ms | annoy (trees, search_k) | recall (one / two categories) "
+               "| annoy ms | speed vs exact | vs batched exact | build s | +100 new: recall, new-item recall "
+               "| +1000 new: recall, new-item recall, ms |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in ann["sizes"]:
+        a, d = s["annoy"], s["delta_path"]
+        d100 = next((r for r in d if r["delta"] == DELTA_SMALL), {})
+        d1000 = next((r for r in d if r["delta"] == DELTA_LARGE), {})
+        out.append(f"| {s['items']:,} | {_f(s['exact_ms'], 3)} | {_f(s['exact_batched_ms'], 3)} "
+                   f"| {a['n_trees']}, {a['search_k']} | {a['recall']:.3f} ({a['recall_one_category']:.3f} / "
+                   f"{a['recall_two_categories']:.3f}) | {_f(a['ms'], 3)} | {s['speed_ratio_vs_exact']:.1f}x "
+                   f"| {s['speed_ratio_vs_exact_batched']:.1f}x | {_f(s['build_s'], 2)} "
+                   f"| {_f(d100.get('recall'), 3)}, {_f(d100.get('new_items_recall'), 3)} "
+                   f"| {_f(d1000.get('recall'), 3)}, {_f(d1000.get('new_items_recall'), 3)}, "
+                   f"{_f(d1000.get('ms'), 3)} |")
+    out.append("")
+    mem = result["memory"]
+    st = mem["states"]
+    out.append(f"Visitor state ({st['visitors']:,} visitors built from the log, "
+               f"{st['events_per_visitor']['mean']:.1f} events each on average):\n")
+    out.append("| measure | mean | p50 | p95 | max |")
+    out.append("|---|---|---|---|---|")
+    for name, key in (("to_bytes() length, B", "to_bytes"), ("live VisitorState object, B", "in_memory_live_object")):
+        v = st[key]
+        out.append(f"| {name} | {_f(v['mean'], 0)} | {_f(v['p50'], 0)} | {_f(v['p95'], 0)} | {_f(v['max'], 0)} |")
+    out.append("")
+    out.append("| visitors stored as the worker stores them | RSS per visitor, B | object sizes per visitor, B |")
+    out.append("|---|---|---|")
+    for m in mem["store"]:
+        if "skipped" in m:
+            out.append(f"| {m['visitors']:,} | skipped: {m['skipped']} | |")
+            continue
+        out.append(f"| {m['visitors']:,} | {_f(m['rss_bytes_per_visitor'], 0)} "
+                   f"| {_f(m['objects_bytes_per_visitor'], 0)} |")
+    w = mem["worker"]
+    out.append(f"\nWorker RSS with {w['items']:,} items and {w['visitors']:,} visitor states: "
+               f"{w['rss_ready_bytes'] / 2**20:.0f} MiB when ready, {w['rss_end_bytes'] / 2**20:.0f} MiB at the end.\n")
+    out.append("| shop (items / visitors) | worker events/s | latency at 50 % p50 / p99 ms | worker RSS MiB "
+               "| ready s | in-process us/event (few visitors -> all) |")
+    out.append("|---|---|---|---|---|---|")
+    for row in result["scaling"]["worker"]:
+        core = result["scaling"]["core"][row["shop"]]["cost_by_visitors"]
+        out.append(f"| {row['items']:,} / {row['visitors']:,} | {_f(row['events_per_s'], 0)} "
+                   f"| {_f(row['latency_at_half_load_ms']['p50'])} / {_f(row['latency_at_half_load_ms']['p99'])} "
+                   f"| {row['rss_end_bytes'] / 2**20:.0f} | {_f(row['worker_ready_s'])} "
+                   f"| {_f(core[0]['total_us'], 0)} ({core[0]['visitors']:,}) -> {_f(core[-1]['total_us'], 0)} "
+                   f"({core[-1]['visitors']:,}) |")
+    out.append(f"\n{result['scaling']['sentence']}")
+    return "\n".join(out) + "\n"

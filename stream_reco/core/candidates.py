@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stream_reco.core.state import CODE_TYPES, POSITIVE_CODES, VisitorState, event_weight
+from stream_reco.core.state import CODE_TYPES, MIN_NORM, POSITIVE_CODES, VisitorState, event_weight
 from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity
 from stream_reco.settings import Settings
 
@@ -102,7 +102,7 @@ def session_vector(state: VisitorState, catalog: ItemCatalog, now_ms: int, setti
     kinds = np.array([event_weight(settings, CODE_TYPES[h[2]]) for h in hist], dtype=np.float64)
     v = (recency * kinds).astype(np.float32) @ vecs
     norm = float(np.linalg.norm(v))
-    return (v / norm).astype(np.float32) if norm > 1e-6 else None
+    return (v / norm).astype(np.float32) if norm > MIN_NORM else None
 
 
 def ann_candidates(

@@ -28,7 +28,7 @@ from stream_reco.core.candidates import (
     gather,
     popular_candidates,
 )
-from stream_reco.core.events import Event, Recommendation, RecommendedItem
+from stream_reco.core.events import CatalogItem, Event, Recommendation, RecommendedItem
 from stream_reco.core.rank import mmr, stable_order
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
 from stream_reco.core.state import POSITIVE_CODES, VisitorState, event_weight, leaf_of
@@ -46,6 +46,10 @@ MMR_POOL_FACTOR = 3
 COVIS_DISTANCE_POWER = 1.0
 #: weight of "viewed before" relative to "viewed after" in co-visitation (1: symmetric)
 COVIS_BACKWARD_WEIGHT = 1.0
+#: key of the model artifact's training metadata holding the time (ms) of the last event its priors count;
+#: events up to then already live in the priors, so replaying them (a warm-up, a worker re-reading the
+#: topic) updates visitor state but not the shop statistics again
+PRIORS_UNTIL_KEY = "last_event_ms"
 
 
 @runtime_checkable
@@ -100,22 +104,25 @@ class Recommender:
         self.rules: list[Rule] = default_rules(settings)
         self.n_observed = 0
         self.n_duplicates = 0
+        self.priors_until: int | None = None  # see PRIORS_UNTIL_KEY
 
     # --- model and catalogue ---
 
     def load_model(self, artifact: ModelArtifact) -> None:
         """Hot swap a model: the catalogue's vectors, then the popularity and co-visitation priors."""
         self.catalog.load_model(artifact)
+        until = artifact.training.get(PRIORS_UNTIL_KEY) if isinstance(artifact.training, dict) else None
+        self.priors_until = int(until) if isinstance(until, int | float) else None
         self.covis.set_prior(artifact.covis)
         categories = {}
         for item_id in sorted(artifact.popularity):
             item = self.catalog.get(item_id)
             categories[item_id] = item.category_path if item is not None else ""
-        self.popularity.set_prior(artifact.popularity, categories)
+        self.popularity.set_prior(artifact.popularity, categories, as_of=self.priors_until)
 
-    def upsert_item(self, item: object) -> None:
+    def upsert_item(self, item: CatalogItem) -> None:
         """A catalogue message: searchable at once; out-of-stock or deleted items drop out at once."""
-        self.catalog.upsert(item)  # type: ignore[arg-type]
+        self.catalog.upsert(item)
 
     @property
     def model_version(self) -> str:
@@ -146,7 +153,8 @@ class Recommender:
         item = self.catalog.get(event.item_id)
         vector = self.catalog.vector(event.item_id) if item is not None else None
         category = item.category_path if item is not None and item.category else None
-        if event.event_type != "dismiss":
+        counted = self.priors_until is not None and event.timestamp <= self.priors_until
+        if event.event_type != "dismiss" and not counted:
             self._learn_stats(state, event, category or event.page_category)
         state.apply(event, self.settings, vector=vector, category=category)
         if event.event_type == "purchase" and item is not None and item.repurchasable and category:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -433,8 +434,6 @@ def parent_of(category_path: str) -> str:
 
 
 def _deep_size(obj: object, _seen: set[int] | None = None) -> int:
-    import sys
-
     seen = _seen if _seen is not None else set()
     if id(obj) in seen:
         return 0

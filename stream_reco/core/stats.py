@@ -231,14 +231,21 @@ class Popularity:
         self._pending_prior: list[tuple[str, str, float]] = []
         self.clock: int | None = None  # latest event time seen
 
-    def set_prior(self, popularity: Mapping[str, float], category_of: Mapping[str, str]) -> None:
-        """Replace the prior with `popularity` ({item: decayed count}); `category_of` gives item paths."""
+    def set_prior(
+        self, popularity: Mapping[str, float], category_of: Mapping[str, str], as_of: int | None = None
+    ) -> None:
+        """Replace the prior with `popularity` ({item: decayed count}); `category_of` gives item paths.
+
+        `as_of` is the time the counts are valid at (the end of the training log) when the model says so;
+        otherwise the latest event seen, or the first one to come.
+        """
         self.prior = DecayedCounts(self.half_life_h, self.top_cap)
         self._pending_prior = [
             (item, category_of.get(item, ""), float(w)) for item, w in sorted(popularity.items()) if w > 0
         ]
-        if self.clock is not None:
-            self._materialise(self.clock)
+        when = as_of if as_of is not None else self.clock
+        if when is not None:
+            self._materialise(when)
 
     def _materialise(self, ts: int) -> None:
         for item, cat, w in self._pending_prior:

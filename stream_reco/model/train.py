@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from stream_reco.core.content import ContentEncoder, FeatureProjector, item_features, normalise
 from stream_reco.core.events import CatalogItem, Event
+from stream_reco.core.recommender import PRIORS_UNTIL_KEY
 from stream_reco.model.artifact import ModelArtifact, models_dir, new_version, save
 from stream_reco.settings import Settings
 
@@ -93,8 +94,10 @@ class _Log:
         times: list[int] = []
         w: list[float] = []
         self.n_events = 0
+        self.last_event_ms = 0  # the priors cover the log up to here (the core skips re-counting them)
         for event in tqdm(events, desc="train: read", unit="ev", disable=not progress, mininterval=1.0):
             self.n_events += 1
+            self.last_event_ms = max(self.last_event_ms, int(event.timestamp))
             weight = weights.get(event.event_type)
             if weight is None or weight <= 0:
                 continue  # dismissals and non-positive weights carry no co-occurrence
@@ -348,6 +351,7 @@ def train(
         training={
             "method": METHOD,
             "n_events": log_.n_events,
+            PRIORS_UNTIL_KEY: log_.last_event_ms,
             "n_positive_events": int(log_.items.shape[0]),
             "n_items": log_.n_items,
             "n_visitors": log_.n_visitors,

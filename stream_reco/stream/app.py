@@ -46,6 +46,7 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from stream_reco import redact, schemas
 from stream_reco.core.events import CatalogItem, Event, Recommendation
@@ -81,6 +82,26 @@ def faust_credentials(settings: Settings) -> Any:
     if "ssl_context" in kw:
         return faust.SSLCredentials(kw["ssl_context"])
     return None
+
+
+#: longest time the broker holds a fetch of the events consumer open. faust hard-codes 1500 ms, and aiokafka
+#: sends no new fetch to a broker while one is open, so a partition whose records were still being handed
+#: over when the fetch left waits for it: up to 1.5 s of extra latency at low rates (docs/benchmarks.md).
+FETCH_MAX_WAIT_MS = 50
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    """faust's Kafka consumer with `FETCH_MAX_WAIT_MS` (faust offers no setting for it)."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class TableStore:
@@ -171,6 +192,7 @@ class RecoWorker:
             web_bind=settings.web_host,
             datadir=str(datadir),
         )
+        self.app.transport.Consumer = _Consumer  # this app's consumer only (see FETCH_MAX_WAIT_MS)
         self.events_topic = self.app.topic(
             settings.events_topic,
             key_type=bytes,
@@ -222,42 +244,56 @@ class RecoWorker:
         """Apply every event of the batch in order, then publish one list per visitor touched."""
         triggers: dict[str, Event] = {}
         replayed: dict[str, tuple[Event, Recommendation]] = {}  # lists of redelivered events (recovery.py)
-        max_bytes = self.settings.max_message_bytes
         for fevent in batch:
             msg = fevent.message
-            await self.recovery.before(msg.partition, msg.offset)
+            # messages the consumer skipped (faust can, around a rebalance) come first, each as its own batch,
+            # as if it had been delivered (stream/recovery.py)
+            for missed in await self.recovery.before(msg.partition, msg.offset):
+                missed_triggers: dict[str, Event] = {}
+                missed_replayed: dict[str, tuple[Event, Recommendation]] = {}
+                await self._handle_message(missed, missed.value, missed_triggers, missed_replayed)
+                await self._publish_all(missed_triggers, missed_replayed)
             value = fevent.value  # None for a tombstone: decode_event says so, instead of "not valid JSON"
             raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
-            try:
-                event = schemas.decode_event(raw, max_bytes=max_bytes)
-            except schemas.InvalidMessage as exc:
-                if joins.is_control(raw):
-                    await self._control(msg, raw, triggers, replayed)
-                else:
-                    await self._dead_letter(msg, raw, exc)
-                continue
-            self.store.current_key = event.visitor_key
-            self.store.partition = msg.partition
-            # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
-            shadow = self.recovery.shadow_for(msg.partition, msg.offset)
-            recommender = shadow or self.recommender
-            forward = self._needs_join_request(event, msg.partition, recommender)
-            self.store.only_partition = msg.partition
-            try:
-                observed = recommender.observe(event)
-            finally:
-                self.store.only_partition = None
-            if not observed:
-                self.stats.counts["duplicates"] += 1
-                continue
-            if forward:
-                await self._join_across(event, msg.partition, local=shadow is None)
-            self.stats.counts["events"] += 1
-            self._trigger(event.visitor_key, event, shadow, triggers, replayed)
+            await self._handle_message(msg, raw, triggers, replayed)
+        await self._publish_all(triggers, replayed)
+
+    async def _publish_all(self, triggers: dict[str, Event], replayed: dict[str, tuple[Event, Recommendation]]
+                           ) -> None:
         for key, (event, rec) in replayed.items():
             await self._publish(key, event, rec)
         for key, event in triggers.items():
             await self._publish(key, event)
+
+    async def _handle_message(self, msg: Any, raw: bytes | bytearray | None, triggers: dict[str, Event],
+                              replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """One message of the events topic: an event, a login-join record, or a bad message."""
+        try:
+            event = schemas.decode_event(raw, max_bytes=self.settings.max_message_bytes)
+        except schemas.InvalidMessage as exc:
+            if joins.is_control(raw):
+                await self._control(msg, raw, triggers, replayed)  # type: ignore[arg-type]
+            else:
+                await self._dead_letter(msg, raw, exc)  # type: ignore[arg-type]
+            return
+        self.store.current_key = event.visitor_key
+        self.store.partition = msg.partition
+        # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
+        shadow = self.recovery.shadow_for(msg.partition, msg.offset)
+        recommender = shadow or self.recommender
+        forward = self._needs_join_request(event, msg.partition, recommender)
+        self.store.only_partition = msg.partition
+        try:
+            observed = recommender.observe(event)
+        finally:
+            self.store.only_partition = None
+        if not observed:
+            self.stats.counts["duplicates"] += 1
+            return
+        if forward:
+            await self._join_across(event, msg.partition, local=shadow is None)
+        self.stats.counts["events"] += 1
+        self._trigger(event.visitor_key, event, shadow, triggers, replayed)
 
     @staticmethod
     def _trigger(key: str, trigger: Event, shadow: Recommender | None, triggers: dict[str, Event],

@@ -29,6 +29,14 @@ What it does. The events topic is the source of truth, so the statistics are reb
    order), and the worker republishes the shadow's list for each: the list the dead worker computed or
    would have. From the region's end on, table and log agree, and the shadow is dropped.
 
+3. The consumer can also *skip* messages: faust-streaming 0.15.3 dropped buffered events of a partition that
+   stayed with the same worker across a rebalance and went on after them (seen in
+   tests/integration/test_reliability_scale.py: the first event after the rebalance was offset 19, the last
+   applied 17, and 18 was never delivered again). So whenever a partition's first delivered offset is beyond
+   the next one this worker expects (or, at first sight, for the messages just before it), the rebuild looks
+   at the last `MISSED_WINDOW` messages before it: those after the last one the table holds were never
+   applied by anyone, and the worker applies them now, in order, before the delivered one.
+
 Cost and limits: a rebuild reads the partition's retained events once (~tens of µs per event); events that
 retention deleted are not counted again; the catalogue used is today's, not the one of the time. With several
 partitions per worker the order in which partitions are rebuilt differs from the original interleaving, so
@@ -40,9 +48,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from stream_reco import schemas
 from stream_reco.core.events import Event
@@ -62,6 +71,9 @@ FETCH_MAX_RECORDS = 2_000
 #: Inside the region only events whose state moved to another key (a session joined at login) look absent,
 #: never thousands in a row; past it, nothing is held, and a worker down for long must not read hours of log.
 REGION_SCAN_SLACK = 2_000
+#: how far before the first delivered offset the rebuild looks for messages the consumer skipped: more than
+#: faust ever holds in its buffers (a batch plus the stream buffer), which is what a rebalance can drop
+MISSED_WINDOW = 10_000
 
 
 class BytesVisitorStore:
@@ -104,15 +116,20 @@ class StatsRecovery:
         self.rebuilt_events = 0
         self.rebuild_s = 0.0
         self.replayed = 0
+        self.missed = 0
 
-    async def before(self, partition: int, offset: int) -> None:
-        """Call before the message at (`partition`, `offset`) is handled (valid or not)."""
+    async def before(self, partition: int, offset: int) -> list[ConsumerRecord]:
+        """Call before the message at (`partition`, `offset`) is handled (valid or not).
+
+        Returns earlier messages of the partition that were never applied, to handle first, in order."""
         expected = self.next_offset.get(partition)
         if expected is None:
             log.info("partition %d: first event at offset %d", partition, offset)
+        missed: list[ConsumerRecord] = []
         if expected is None or offset > expected:
-            await self._rebuild(partition, counted_below=expected or 0, upto=offset)
+            missed = await self._rebuild(partition, counted_below=expected or 0, upto=offset)
         self.next_offset[partition] = max(expected or 0, offset + 1)
+        return missed
 
     def shadow_for(self, partition: int, offset: int) -> Recommender | None:
         """The shadow that applies the message at (`partition`, `offset`), or None outside a recovery region."""
@@ -138,12 +155,13 @@ class StatsRecovery:
         shadow.rules = self.recommender.rules
         return shadow
 
-    async def _rebuild(self, partition: int, counted_below: int, upto: int) -> None:
+    async def _rebuild(self, partition: int, counted_below: int, upto: int) -> list[ConsumerRecord]:
         """Replay events [0, upto) of `partition` through a shadow (statistics learn those >= counted_below),
-        then scan on for the end of the recovery region."""
+        then scan on for the end of the recovery region. Returns the messages before `upto` that were never
+        applied (the consumer skipped them), for the worker to apply now."""
         self.forget({partition})
         if upto <= 0:
-            return
+            return []
         began = time.monotonic()
         shadow = self._shadow()
         live_covis, live_popularity = self.recommender.covis, self.recommender.popularity
@@ -155,7 +173,19 @@ class StatsRecovery:
         first: int | None = None
         region_end = upto
         scanned_absent = 0
+        # the last messages before `upto` wait here before the shadow learns them: those after the last one
+        # the table holds were never applied (see the module docstring), and only the worker may apply them
+        window: deque[tuple[ConsumerRecord, Event | joins.Control | None]] = deque()
         settings = self.settings
+
+        def learn(record: Event | joins.Control | None) -> None:
+            nonlocal n
+            if isinstance(record, joins.Control):
+                joins.apply(record, shadow.store, settings)  # what it sent is in the log already
+            elif record is not None:
+                shadow.observe(record)
+            n += record is not None
+
         fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
         consumer = AIOKafkaConsumer(
             **settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
@@ -172,18 +202,9 @@ class StatsRecovery:
                 batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
                 for msg in batch.get(tp, ()):
                     first = msg.offset if first is None else first
-                    try:
-                        event: Event | joins.Control = schemas.decode_event(
-                            msg.value, max_bytes=settings.max_message_bytes)
-                    except schemas.InvalidMessage:
-                        if not joins.is_control(msg.value):
-                            continue  # dead-lettered the first time round
-                        try:
-                            event = joins.parse(msg.value, settings.max_message_bytes)
-                        except schemas.InvalidMessage:
-                            continue
+                    record = self._decode(msg.value)
                     if msg.offset >= upto:  # past the committed offset: does the table already hold it?
-                        if self._held(event):
+                        if record is not None and self._held(record):
                             region_end, scanned_absent = msg.offset + 1, 0
                         else:
                             scanned_absent += 1
@@ -191,27 +212,53 @@ class StatsRecovery:
                                 scanning = False
                                 break
                         continue
-                    if not learning and msg.offset >= counted_below:
+                    if msg.offset < counted_below:
+                        learn(record)
+                        continue
+                    if not learning:
                         shadow.covis, shadow.popularity = live_covis, live_popularity
                         learning = True
-                    if isinstance(event, joins.Control):
-                        joins.apply(event, shadow.store, settings)  # what it sent is in the log already
-                    else:
-                        shadow.observe(event)
-                    n += 1
+                    window.append((msg, record))
+                    if len(window) > MISSED_WINDOW:
+                        learn(window.popleft()[1])
         finally:
             await consumer.stop()
+        held_upto = len(window)  # the window's messages up to the last one the table holds were applied
+        while held_upto and not (window[held_upto - 1][1] is not None and self._held(window[held_upto - 1][1])):
+            held_upto -= 1
+        for i, (_, record) in enumerate(window):
+            if i >= held_upto:
+                break
+            learn(record)
+        missed = [msg for i, (msg, _) in enumerate(window) if i >= held_upto]
         if region_end > upto:
             self.shadows[partition] = shadow
             self.region_end[partition] = region_end
         elapsed = time.monotonic() - began
         self.rebuilt_events += n
         self.rebuild_s += elapsed
+        self.missed += len(missed)
         if first:
             log.warning("partition %d: events before offset %d are gone (retention); statistics are rebuilt "
                         "from the retained ones only", partition, first)
+        if missed:
+            log.warning("partition %d: %d messages (offsets %d-%d) were never applied: the consumer skipped them; "
+                        "applying them now", partition, len(missed), missed[0].offset, missed[-1].offset)
         log.info("partition %d: statistics rebuilt from %d events (offsets < %d, counted from %d) in %.2f s; "
                  "recovery region up to offset %d", partition, n, upto, counted_below, elapsed, region_end)
+        return missed
+
+    def _decode(self, raw: bytes | None) -> Event | joins.Control | None:
+        """An event or a control record; None for a message the worker rejects."""
+        try:
+            return schemas.decode_event(raw, max_bytes=self.settings.max_message_bytes)
+        except schemas.InvalidMessage:
+            if not joins.is_control(raw):
+                return None
+            try:
+                return joins.parse(raw, self.settings.max_message_bytes)  # type: ignore[arg-type]
+            except schemas.InvalidMessage:
+                return None
 
     def _held(self, record: Event | joins.Control) -> bool:
         """Whether the table already reflects this record (evidence that it was applied before a crash)."""
@@ -222,4 +269,4 @@ class StatsRecovery:
 
     def snapshot(self) -> dict[str, Any]:
         return {"stats_rebuilt_events": self.rebuilt_events, "stats_rebuild_s": round(self.rebuild_s, 2),
-                "recovery_replayed": self.replayed}
+                "recovery_replayed": self.replayed, "missed_applied": self.missed}

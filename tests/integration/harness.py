@@ -142,3 +142,16 @@ def final_list_mismatches(expected: dict[str, Any], got: dict[str, dict[str, Any
         if have is None or (want[0], want[1]) != (have[0], [tuple(x) for x in have[1]]):
             out.append((key, want, have))
     return out
+
+
+DIAGNOSTIC_MARKS = ("ERROR", "Traceback", "Crashed", "partition", "stats {", "rebalanc", "Rebalanc", "assigned")
+DIAGNOSTIC_LINES = 40
+
+
+def diagnostics(workers: Iterable[WorkerProcess], last: int = DIAGNOSTIC_LINES) -> str:
+    """The telling lines of each worker's output (errors, rebalances, recovery), for a failure message."""
+    parts = []
+    for w in workers:
+        lines = [line[:400] for line in w.lines if any(mark in line for mark in DIAGNOSTIC_MARKS)]
+        parts.append(f"--- {w.name} (exit {w.proc.poll()}) ---\n" + "\n".join(lines[-last:]))
+    return "\n".join(parts)

@@ -16,13 +16,16 @@ must have triggered at least one published list (none lost; redelivered ones may
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_reco.core.events import CatalogItem, Event
 from stream_reco.core.recommender import Recommender
@@ -31,7 +34,7 @@ from stream_reco.settings import Settings
 from stream_reco.shop.simulate import simulate
 from stream_reco.stream.topics import ensure_topics
 
-from .harness import TopicReader, WorkerProcess, final_list_mismatches, send_events, send_items
+from .harness import TopicReader, WorkerProcess, diagnostics, final_list_mismatches, send_events, send_items
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +44,14 @@ SHOP_SEED = 7
 DRAIN_TIMEOUT_S = 300.0
 #: a kill is only "mid-replay" if the worker is still busy: wait for this share of lists, then kill
 CI_KILL_AT = (0.4,)
+#: info, so that a failure message can show the recovery's own log lines (statistics rebuilt, region passed)
+WORKER_LOGLEVEL = "info"
 #: CI's short versions replay the log's first events only (the whole log in `-m slow`)
 CI_EVENTS = 1_200
+#: the skipped-messages test: events in all, where the worker stops, and how many the consumer jumps over
+SKIP_TEST_EVENTS = 600
+SKIP_AT = 300
+SKIPPED = 40
 SLOW_KILL_AT = (0.2, 0.45, 0.7)
 
 
@@ -76,7 +85,7 @@ def run_disrupted_replay(settings: Settings, events: list[dict[str, Any]], catal
     send_items(settings, catalog)
     reader = TopicReader(settings, settings.recommendations_topic)
     run = DisruptedRun()
-    worker = WorkerProcess(settings, name="worker-0")
+    worker = WorkerProcess(settings, name="worker-0", loglevel=WORKER_LOGLEVEL)
     run.workers.append(worker)
     try:
         worker.wait_ready()
@@ -119,13 +128,13 @@ def check_disrupted_replay(settings: Settings, at: tuple[float, ...], disrupt: D
     for w in run.workers:
         assert not w.crashed(), f"{w.name} logged a crash:\n{w.output()}"
     got = reader.latest()
-    assert set(got) == set(expected), "every visitor has a list"
+    assert set(got) == set(expected), f"every visitor has a list\n{diagnostics(run.workers)}"
     mismatched = final_list_mismatches(expected, got)
     assert not mismatched, (f"{len(mismatched)} of {len(expected)} visitors' final lists differ from an "
-                            f"uninterrupted run; first: {mismatched[0]}")
+                            f"uninterrupted run; first: {mismatched[0]}\n{diagnostics(run.workers)}")
     triggers = {doc["trigger_event_id"] for doc in (r for k in got for r in reader.lists_for(k))}
     lost = [e["event_id"] for e in events if e["event_id"] not in triggers]
-    assert not lost, f"{len(lost)} events never triggered a list (lost), first: {lost[:5]}"
+    assert not lost, f"{len(lost)} events never triggered a list (lost), first: {lost[:5]}\n{diagnostics(run.workers)}"
     print(f"disrupted replay: at {at}, disruption -> first list after it {run.recovery_s} s, "
           f"{len(reader.records)} lists for {len(events)} events")
     return run
@@ -134,7 +143,7 @@ def check_disrupted_replay(settings: Settings, at: tuple[float, ...], disrupt: D
 def kill_and_restart(i: int, worker: WorkerProcess) -> WorkerProcess:
     """kill -9 the worker (no commit, no flush, no leaving the group) and start a new one."""
     worker.kill()
-    restarted = WorkerProcess(worker.settings, name=f"worker-{i}")
+    restarted = WorkerProcess(worker.settings, name=f"worker-{i}", loglevel=WORKER_LOGLEVEL)
     restarted.wait_ready()
     return restarted
 
@@ -146,3 +155,60 @@ def test_kill_9_mid_replay_loses_nothing(unique_settings: Settings, tmp_path: Pa
 @pytest.mark.slow
 def test_repeated_kill_9_mid_replay_loses_nothing(unique_settings: Settings, tmp_path: Path) -> None:
     check_disrupted_replay(_settings(unique_settings, tmp_path), SLOW_KILL_AT, kill_and_restart)
+
+
+async def _commit(settings: Settings, offset: int) -> None:
+    """Move the worker group's committed offset of partition 0 (the worker must be stopped)."""
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=settings.app_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.events_topic, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
+
+
+def test_messages_the_consumer_skipped_are_applied(unique_settings: Settings, tmp_path: Path) -> None:
+    """A consumer that jumps over messages (faust did, around a rebalance) must not lose them.
+
+    Simulated exactly: the worker stops cleanly, events arrive, and the group's committed offset is moved past
+    SKIPPED of them, so no consumer will ever deliver them. The restarted worker must notice (the table does not
+    hold them) and apply them before the first delivered one: lists as if nothing had been skipped."""
+    settings = _settings(unique_settings, tmp_path)
+    catalog, events_iter = simulate(SHOP_SIZE, seed=SHOP_SEED)
+    events = list(events_iter)[:SKIP_TEST_EVENTS]
+    first_part, rest = events[:SKIP_AT], events[SKIP_AT:]
+    expected = replay(
+        Recommender(settings), [Event.from_dict(e) for e in events], [CatalogItem.from_dict(i) for i in catalog]
+    )
+    ensure_topics(settings)
+    send_items(settings, catalog)
+    reader = TopicReader(settings, settings.recommendations_topic)
+    workers = [WorkerProcess(settings, name="before-skip", loglevel=WORKER_LOGLEVEL)]
+    try:
+        workers[0].wait_ready()
+        send_events(settings, first_part)
+        reader.wait_for(lambda r: len(r) >= len(first_part), timeout=DRAIN_TIMEOUT_S)
+    finally:
+        workers[0].stop()
+    send_events(settings, rest)
+    asyncio.run(_commit(settings, SKIP_AT + SKIPPED))
+    workers.append(WorkerProcess(settings, name="after-skip", loglevel=WORKER_LOGLEVEL))
+    last = {key: str(rec.trigger_event_id) for key, rec in expected.items()}
+    try:
+        workers[1].wait_ready()
+        reader.wait_for(lambda _: all(reader.latest().get(k, {}).get("trigger_event_id") == t
+                                      for k, t in last.items()), timeout=DRAIN_TIMEOUT_S)
+    finally:
+        workers[1].stop()
+    for w in workers:
+        assert not w.crashed(), w.output()
+    skipped = {e["event_id"] for e in rest[:SKIPPED]}
+    triggers = {doc["trigger_event_id"] for _, value in reader.records for doc in [orjson.loads(value)]}
+    assert skipped <= triggers, f"skipped events never applied: {sorted(skipped - triggers)[:5]}\n" \
+        f"{diagnostics(workers)}"
+    mismatched = final_list_mismatches(expected, reader.latest())
+    assert not mismatched, f"{len(mismatched)} final lists differ; first: {mismatched[0]}\n{diagnostics(workers)}"
+    assert any("were never applied" in line for line in workers[1].lines), diagnostics(workers)

@@ -33,7 +33,7 @@ from stream_reco.settings import Settings
 from stream_reco.stream.app import ASSIGNED_LINE
 from stream_reco.stream.topics import ensure_topics
 
-from .harness import TopicReader, WorkerProcess, send_events, send_items, wait_until
+from .harness import TopicReader, WorkerProcess, diagnostics, send_events, send_items, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,9 @@ def test_scale_out_and_kill_rebalance_keeps_state_and_events(scale_settings: Set
     def send_and_wait(events: list[dict[str, Any]], phase: str, since: float) -> None:
         send_events(settings, events)
         reader.wait_for(all_processed, timeout=PHASE_TIMEOUT_S)
-        assert all_processed([]), f"{phase}: events not processed within {PHASE_TIMEOUT_S} s (stalled?)"
+        missing = {k: e for k, e in traffic.last.items() if reader.latest().get(k, {}).get("trigger_event_id") != e}
+        assert not missing, (f"{phase}: {len(missing)} visitors' events not processed within {PHASE_TIMEOUT_S} s "
+                             f"(stalled?), e.g. {sorted(missing.items())[:5]}\n{diagnostics(workers)}")
         timings[phase] = round(time.monotonic() - since, 1)
 
     a = WorkerProcess(settings, name="A", loglevel="info")

@@ -369,3 +369,18 @@ def test_default_recommender_builds_its_own_catalog():
     assert len(rec.catalog) > 0
     e = Event(event_id="x", event_type="view", item_id=item_id(0, 0), timestamp=T0, session_id="s")
     assert rec.process(e) is not None
+
+
+def test_events_already_in_the_model_priors_are_not_counted_twice():
+    rec = make_rec()
+    art = make_artifact(version="v-priors")
+    art.covis = {item_id(BEDS, 0): [(item_id(BEDS, 1), 1.0)]}
+    art.training = {"last_event_ms": T0 + MINUTE}
+    rec.load_model(art)
+    rec.observe(ev("view", item_id(BEDS, 0), T0, session="replayed"))
+    rec.observe(ev("view", item_id(BEDS, 1), T0 + 1, session="replayed"))
+    assert rec.covis.pairs == {}  # already in the prior
+    assert rec.visitor("replayed").n_events == 2  # but the visitor's state is warm
+    rec.observe(ev("view", item_id(BEDS, 0), T0 + 2 * MINUTE, session="new"))
+    rec.observe(ev("view", item_id(BEDS, 2), T0 + 2 * MINUTE + 1, session="new"))
+    assert rec.covis.pairs[item_id(BEDS, 0)] == {item_id(BEDS, 2): 1.0}

@@ -140,3 +140,17 @@ def test_popularity_merges_items_present_in_only_one_top_list():
     pop.add("b", "C", 0.5, T0)
     # b is top of the stream but not of the prior; its prior count must still be added
     assert pop.top("C", 2, T0)[0] == ("b", pytest.approx(1.4))
+
+
+def test_covis_can_weigh_forward_more_than_backward():
+    c = CoVisitation(max_neighbours=5, backward_weight=0.25)
+    c.observe("b", [("a", 1.0)])  # a viewed, then b
+    assert c.neighbours("a") == {"b": 1.0}
+    assert c.neighbours("b") == {"a": 0.25}
+
+
+def test_popularity_prior_can_be_dated_by_the_model():
+    pop = Popularity(half_life_h=1.0)
+    pop.set_prior({"p": 8.0}, {"p": "K/A"}, as_of=T0 + HOUR)
+    pop.add("s", "K/A", 1.0, T0)  # an earlier event does not re-date the prior
+    assert pop.score("p", T0 + HOUR) == pytest.approx(8.0)
