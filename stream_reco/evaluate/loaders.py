@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from stream_reco.core.events import CatalogItem, Event, EventType
 from stream_reco.schemas import InvalidMessage, decode_event, decode_item
+from stream_reco.shop.logs import LogFormatError  # one error type for every log reader
 
 MS_PER_S = 1000
 DAY_H = 24.0
@@ -35,10 +36,6 @@ JD_TIMELINE_ORIGIN_MS = 1_577_836_800_000
 _PROGRESS_CHUNK = 1 << 16
 _SNIFF_BYTES = 4096
 SIBLING_CATALOG = "catalog.jsonl"
-
-
-class LogFormatError(ValueError):
-    """A log file cannot be read as any known format, or a row in it is malformed (message says where)."""
 
 
 @dataclass(frozen=True, slots=True)

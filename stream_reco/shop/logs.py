@@ -51,7 +51,8 @@ CSV_COLUMNS = CSV_REQUIRED + CSV_CONTEXT
 
 
 class LogFormatError(ValueError):
-    """The file as a whole cannot be read as a log (missing, unreadable, or a CSV header we cannot map)."""
+    """A file cannot be read as a log (missing, unreadable, a CSV header we cannot map), or, for readers that
+    stop at the first bad record (training, evaluation), a record in it is malformed; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
