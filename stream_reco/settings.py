@@ -125,7 +125,9 @@ class Settings:
     # --- training and evaluation ---
     shared_data_dir: str = _doc("", "folder of the shared evaluation data sets (empty: ../shared/data beside the repo)")
     train_ppmi_smoothing: float = _doc(0.75, "context-distribution smoothing exponent of the training PPMI matrix")
-    train_cold_interactions: float = _doc(5.0, "interactions at which an item vector is half co-occurrence, half content")
+    train_cold_interactions: float = _doc(
+        5.0, "interactions at which an item vector is half co-occurrence, half content"
+    )
     train_build_annoy: bool = _doc(False, "prebuild the annoy index into the model artifact")
     eval_list_k: int = _doc(20, "length of the lists the evaluation asks for (the protocol's K)")
     eval_train_fraction: float = _doc(0.8, "share of the log, by time, that every method learns from before the test")
