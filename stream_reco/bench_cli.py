@@ -50,13 +50,24 @@ def _bench_root() -> Path:
 @click.option("--ann-sizes", default=None,
               help="Comma-separated catalogue sizes for the ANN section (e.g. 10000,100000,1000000).")
 @click.option("--seed", type=int, default=None, help="Simulation and index seed (default: the `seed` setting).")
+@click.option("--soak", "soak_minutes", type=float, default=None,
+              help="Instead: run a soak of this many minutes at half the max rate, sampling lag, memory and "
+                   "latency (bench/soak.py); the result says whether any of them grows.")
 @click.pass_obj
-def bench_cmd(state: object, quick: bool, output: Path, ann_sizes: str | None, seed: int | None) -> None:
+def bench_cmd(state: object, quick: bool, output: Path, ann_sizes: str | None, seed: int | None,
+              soak_minutes: float | None) -> None:
     """Measure throughput, latency, ANN quality and memory on a simulated shop; write a JSON result.
 
     Needs the broker (`stream-reco broker start`). Topics, consumer groups and app ids are unique to the
     run and deleted at the end, so it never disturbs other users of the broker.
     """
+    if soak_minutes is not None:
+        _bench_root()
+        from bench import soak
+
+        if output == DEFAULT_OUTPUT:  # keep the benchmark's latest result
+            output = DEFAULT_OUTPUT.with_name("soak.json")
+        sys.exit(soak.main(["--minutes", str(soak_minutes), "--output", str(output)]))
     drop_env = _limit_blas_threads()
     _bench_root()
     from bench import suite  # after the BLAS limit: numpy reads it when it loads

@@ -54,6 +54,9 @@ class CliState:
                 self._settings = Settings.load(self.config_file)
             except SettingsError as exc:
                 raise click.UsageError(str(exc)) from exc
+            from stream_reco import redact
+
+            redact.install(self._settings)  # client libraries log login requests; never their secrets
         return self._settings
 
 
