@@ -90,7 +90,7 @@ def write(result: dict[str, Any], output: Path) -> list[str]:
     returns the problems found (also stored in the result)."""
     problems = list(iter_problems(result))
     result["problems"] = problems
-    result["png"] = str(output.with_suffix(".png"))
+    result["png"] = output.with_suffix(".png").name  # beside the JSON; no machine paths in results
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(orjson.dumps(_jsonable(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
     plot(result, output.with_suffix(".png"))
