@@ -30,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,10 +44,10 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from stream_reco.settings import Settings
 from stream_reco.shop.client import EventProducer, Prepared
-from stream_reco.stream.app import READY_LINE, VISITORS_TABLE
+from stream_reco.stream import process
+from stream_reco.stream.app import VISITORS_TABLE
 from stream_reco.stream.topics import COMPACTED, ensure_topics_async
 
-STREAM_RECO = str(Path(sys.executable).with_name("stream-reco"))
 #: longest wait for a worker to load its catalog and print its ready line
 READY_TIMEOUT_S = 300.0
 #: longest wait for the lists of one burst or paced phase after its last event was sent
@@ -207,8 +206,8 @@ class Clock:
         }
 
 
-class WorkerProcess:
-    """A `stream-reco worker` child process: start, wait until ready, freeze/thaw, RSS, stop.
+class WorkerProcess(process.WorkerProcess):
+    """The package's worker child process, plus what the benchmark needs: freeze/thaw, RSS, CPU, threads.
 
     With `trace` set, the same worker runs under `latency_probe.py`, which logs each batch's timing there.
     """
@@ -217,36 +216,11 @@ class WorkerProcess:
                  trace: Path | None = None) -> None:
         """`drop_env`: variables of this process the worker must not inherit (the bench's own BLAS limit)."""
         self.trace = trace
-        argv = [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", "0"]
-        if trace is not None:
-            argv = [sys.executable, str(PROBE), str(trace)]
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        env.pop("STREAM_RECO_CONFIG", None)
-        for name in drop_env:
-            env.pop(name, None)
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        argv = [sys.executable, str(PROBE), str(trace)] if trace is not None else None
+        super().__init__(settings, loglevel=loglevel, argv=argv, drop_env=drop_env)
         self.ready_s = math.nan
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if READY_LINE in line:
-                self._ready.set()
-
-    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:  # type: ignore[override]
         """Seconds from start to the ready line (catalog loaded); raises if the worker died or hung."""
         deadline = time.monotonic() + timeout
         while not self._ready.is_set():
@@ -276,14 +250,7 @@ class WorkerProcess:
         t = psutil.Process(self.proc.pid).cpu_times()
         return float(t.user + t.system)
 
-    def output(self, last: int = 40) -> str:
-        return "\n".join(self.lines[-last:])
-
-    def crashed(self) -> bool:
-        text = "\n".join(self.lines)
-        return "Traceback" in text or "Crashed reason" in text
-
-    def stop(self) -> int | None:
+    def stop(self) -> int | None:  # type: ignore[override]
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGCONT)  # a frozen process cannot handle SIGTERM

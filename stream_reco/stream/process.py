@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from stream_reco.settings import Settings
@@ -30,14 +30,20 @@ class WorkerProcess:
     """
 
     def __init__(self, settings: Settings, name: str = "worker", loglevel: str = "warn",
-                 on_line: Callable[[str], None] | None = None, web_port: int = 0) -> None:
+                 on_line: Callable[[str], None] | None = None, web_port: int = 0,
+                 argv: list[str] | None = None, drop_env: Iterable[str] = ()) -> None:
+        """`argv` replaces the `stream-reco worker` command line (the benchmark runs it under a probe);
+        `drop_env` names variables of this process the worker must not inherit."""
         self.on_line = on_line
         self.settings = settings
         self.name = name
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
         env.pop("STREAM_RECO_CONFIG", None)
+        for variable in drop_env:
+            env.pop(variable, None)
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", str(web_port)],
+            argv or [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", str(web_port)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
