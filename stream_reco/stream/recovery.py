@@ -160,8 +160,8 @@ class StatsRecovery:
         then scan on for the end of the recovery region. Returns the messages before `upto` that were never
         applied (the consumer skipped them), for the worker to apply now."""
         self.forget({partition})
-        if upto <= 0:
-            return []
+        # upto == 0 (no committed offset: a worker killed before its first commit) still scans for the
+        # recovery region: the changelog may hold events that were applied but never committed
         began = time.monotonic()
         shadow = self._shadow()
         live_covis, live_popularity = self.recommender.covis, self.recommender.popularity
@@ -223,6 +223,9 @@ class StatsRecovery:
                         learn(window.popleft()[1])
         finally:
             await consumer.stop()
+        # from here on (the window, then the recovery region) the shadow learns into the live statistics,
+        # also when no message lay in [counted_below, upto) to switch it above (upto == 0 after an early kill)
+        shadow.covis, shadow.popularity = live_covis, live_popularity
         held_upto = len(window)  # the window's messages up to the last one the table holds were applied
         while held_upto and not (window[held_upto - 1][1] is not None and self._held(window[held_upto - 1][1])):
             held_upto -= 1

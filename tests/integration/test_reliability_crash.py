@@ -152,6 +152,15 @@ def test_kill_9_mid_replay_loses_nothing(unique_settings: Settings, tmp_path: Pa
     check_disrupted_replay(_settings(unique_settings, tmp_path), CI_KILL_AT, kill_and_restart, CI_EVENTS)
 
 
+def test_kill_9_before_the_first_commit_loses_nothing(unique_settings: Settings, tmp_path: Path) -> None:
+    """No offset was ever committed, so the restarted worker starts at offset 0 with a changelog ahead of it.
+
+    CI once caught this by timing alone (the kill came before the first commit; 67 of 96 final lists then
+    differed): here no commit can happen before the kill, so the recovery region must be found from offset 0."""
+    settings = _settings(unique_settings, tmp_path).replace(commit_interval_s=3_600.0)
+    check_disrupted_replay(settings, CI_KILL_AT, kill_and_restart, CI_EVENTS)
+
+
 @pytest.mark.slow
 def test_repeated_kill_9_mid_replay_loses_nothing(unique_settings: Settings, tmp_path: Path) -> None:
     check_disrupted_replay(_settings(unique_settings, tmp_path), SLOW_KILL_AT, kill_and_restart)
