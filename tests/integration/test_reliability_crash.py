@@ -32,6 +32,7 @@ from stream_reco.core.recommender import Recommender
 from stream_reco.core.replay import replay
 from stream_reco.settings import Settings
 from stream_reco.shop.simulate import simulate
+from stream_reco.stream.recovery import StatsRecovery
 from stream_reco.stream.topics import ensure_topics
 
 from .harness import TopicReader, WorkerProcess, diagnostics, final_list_mismatches, send_events, send_items
@@ -221,3 +222,34 @@ def test_messages_the_consumer_skipped_are_applied(unique_settings: Settings, tm
     mismatched = final_list_mismatches(expected, reader.latest())
     assert not mismatched, f"{len(mismatched)} final lists differ; first: {mismatched[0]}\n{diagnostics(workers)}"
     assert any("were never applied" in line for line in workers[1].lines), diagnostics(workers)
+
+
+def test_events_committed_but_never_applied_are_found(unique_settings: Settings, tmp_path: Path) -> None:
+    """The skip with no next message: faust acknowledges a skipped event, the commit moves past it, and nothing
+    later arrives on the partition to reveal the jump. The committed offset running ahead of the worker's
+    applied offset does (`StatsRecovery.acknowledged_unseen`): exactly the unapplied events come back, an event
+    the table already holds (a redelivered duplicate) does not, and a committed offset the worker has reached
+    returns nothing."""
+    settings = _settings(unique_settings, tmp_path)
+    catalog, events_iter = simulate(SHOP_SIZE, seed=SHOP_SEED)
+    events = list(events_iter)[:60]
+    applied_below, gap_end = 40, 52
+    ensure_topics(settings)
+    send_events(settings, events)  # one partition: offset i is events[i]
+    recommender = Recommender(settings)
+    for item in catalog:
+        recommender.upsert_item(CatalogItem.from_dict(item))
+    for e in events[:applied_below]:
+        recommender.observe(Event.from_dict(e))
+    recommender.observe(Event.from_dict(events[45]))  # applied out of band: the table holds it
+    recovery = StatsRecovery(settings, recommender, recommender.store)
+    recovery.next_offset[0] = applied_below
+
+    missed = asyncio.run(recovery.acknowledged_unseen({0: gap_end}))
+
+    assert [m.offset for m in missed] == [o for o in range(applied_below, gap_end) if o != 45]
+    assert [orjson.loads(m.value)["event_id"] for m in missed] == [events[o]["event_id"] for o in
+                                                                   range(applied_below, gap_end) if o != 45]
+    assert recovery.next_offset[0] == gap_end and recovery.missed == len(missed)
+    assert asyncio.run(recovery.acknowledged_unseen({0: gap_end})) == []  # nothing new committed
+    assert asyncio.run(recovery.acknowledged_unseen({1: 10})) == []  # a partition this worker never applied
