@@ -29,7 +29,7 @@ import psutil
 from stream_reco import schemas
 from stream_reco.core.events import CatalogItem, Event
 from stream_reco.core.recommender import Recommender
-from stream_reco.core.state import VisitorState
+from stream_reco.core.state import DecodedStates, VisitorState
 from stream_reco.settings import Settings
 
 #: catalogue loads defer annoy builds to one build at the end (a bulk load would otherwise rebuild on
@@ -50,20 +50,28 @@ EVENT_BUCKETS = (1, 2, 5, 10, 20, 50)
 
 
 class BytesStore:
-    """A `VisitorStore` that keeps `to_bytes()` values, like the worker's faust table (minus the changelog)."""
+    """A `VisitorStore` that keeps `to_bytes()` values, like the worker's faust table (minus the changelog),
+    with the worker's cache of decoded states (`state.DecodedStates`)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
+        self.decoded = DecodedStates()
 
     def get(self, key: str) -> VisitorState | None:
-        raw = self.data.get(key.encode())
-        return VisitorState.from_bytes(raw) if raw else None
+        kb = key.encode()
+        raw = self.data.get(kb)
+        return self.decoded.get(kb, raw) if raw else None
 
     def put(self, key: str, state: VisitorState) -> None:
-        self.data[key.encode()] = state.to_bytes()
+        kb = key.encode()
+        value = state.to_bytes()
+        self.data[kb] = value
+        self.decoded.remember(kb, value, state)
 
     def delete(self, key: str) -> None:
-        self.data.pop(key.encode(), None)
+        kb = key.encode()
+        self.decoded.forget(kb)
+        self.data.pop(kb, None)
 
     def __len__(self) -> int:
         return len(self.data)

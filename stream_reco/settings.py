@@ -70,6 +70,15 @@ class Settings:
     dedup_window: int = _doc(64, "recent event_ids kept per visitor to drop redelivered duplicates")
     web_host: str = _doc("127.0.0.1", "address the worker's HTTP server binds (0.0.0.0 inside containers)")
     commit_interval_s: float = _doc(1.0, "how often processed offsets are committed")
+    skip_check_s: float = _doc(
+        2.0, "how often a worker checks that every event its consumer committed or fetched was applied (faust "
+        "skips or drops some around rebalances) and repairs what was not; 0 turns the checks off")
+    delivery_stall_s: float = _doc(
+        15.0, "a partition whose waiting events do not reach the worker for this long is re-read from the worker's "
+        "position, and the worker restarts if that does not help (faust can wedge); 0 turns it off")
+    recovery_stall_s: float = _doc(
+        90.0, "a worker whose table recovery makes no progress for this long restarts itself (a faust-streaming "
+        "recovery can hang after a rebalance); 0 turns it off")
     producer_linger_ms: int = _doc(1, "producer batching delay; small keeps lists fresh")
     model_poll_s: float = _doc(5.0, "how often a worker looks for a newer model artifact (hot swap)")
     catalog_wait_s: float = _doc(30.0, "at start, longest wait for the catalog topic to be read before events")
@@ -93,6 +102,7 @@ class Settings:
     mmr_lambda: float = _doc(
         0.9, "relevance vs diversity trade-off of MMR re-ranking (1 = relevance only; 0.9 costs ~2-4% HR@20)"
     )
+    mmr_keep_top: int = _doc(3, "list slots filled by relevance alone before MMR diversifies the rest")
     overfetch: int = _doc(5, "candidates fetched per list slot, so filtering still fills the list")
     popularity_half_life_h: float = _doc(168.0, "half-life of category popularity, hours")
     covis_window: int = _doc(10, "recent events of a visitor that count as co-visited")
@@ -101,6 +111,16 @@ class Settings:
     weight_ann: float = _doc(0.1, "weight of embedding neighbours in the blend (each source scaled to [0, 1])")
     weight_covis: float = _doc(1.0, "weight of co-visitation candidates in the blend")
     weight_popular: float = _doc(0.01, "weight of category popularity in the blend (a filler; cold start: alone)")
+    weight_recent: float = _doc(
+        1.0, "weight of the visitor's own recently viewed items in the blend (repeat views; viewed_penalty applies)"
+    )
+    recent_items: int = _doc(3, "the visitor's last distinct items offered again as candidates (weight_recent)")
+    weight_sknn: float = _doc(
+        0.0, "weight of session-kNN candidates (items of similar recent sessions; > 0 keeps a shop-wide index)"
+    )
+    sknn_neighbours: int = _doc(100, "most similar recent sessions whose items are session-kNN candidates")
+    sknn_sessions_per_item: int = _doc(200, "latest sessions remembered per item (session-kNN search breadth)")
+    sknn_max_sessions: int = _doc(100_000, "recent sessions the session-kNN index keeps per worker (memory bound)")
     scope_to_page_category: bool = _doc(False, "restrict lists to the page's category and its siblings")
     attribute_boosts: str = _doc("", "comma-separated attr=value:multiplier boosts, e.g. brand=Acme:1.2")
 

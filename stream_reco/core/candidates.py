@@ -1,4 +1,4 @@
-"""Candidate generation: three sources, each over-fetched, normalised and blended.
+"""Candidate generation: five sources, each over-fetched, normalised and blended.
 
 * **Embedding neighbours** (ANN): one query for the session (recency-weighted mean of the session's item
   vectors) and one per interest vector, all in one `catalog.search_many` call. Querying per interest
@@ -8,10 +8,15 @@
   ("viewed this also viewed"); the strongest single signal on session-shaped logs.
 * **Popularity**: decayed best-sellers of the session's categories and the page's category, plus the
   shop-wide list; this is the cold-start source and the filler when the others run dry.
+* **Session neighbours** (session-kNN): items of the recent sessions most similar (cosine on item sets)
+  to the visitor's current session, each scored by the summed similarity of the sessions holding it.
+* **Recently viewed**: the visitor's own last few distinct items, the latest first (repeat consumption:
+  people come back to what they just looked at). The `viewed_penalty` rule still down-weights them, and
+  the "novel" question (`exclude_interacted`) drops them with every other seen item.
 
 Each source's scores are scaled to [0, 1] by that source's best candidate, so the blend weights
-(`weight_ann`, `weight_covis`, `weight_popular`) compare like with like. Every candidate remembers the
-evidence of its strongest source, which `explain` turns into a sentence.
+(`weight_ann`, `weight_covis`, `weight_popular`, `weight_recent`, `weight_sknn`) compare like with like.
+Every candidate remembers the evidence of its strongest source, which `explain` turns into a sentence.
 """
 
 from __future__ import annotations
@@ -24,14 +29,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stream_reco.core.state import CODE_TYPES, MIN_NORM, POSITIVE_CODES, VisitorState, event_weight
-from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity
+from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
 
 if TYPE_CHECKING:
     from stream_reco.core.items import ItemCatalog
 
-SOURCE_ANN, SOURCE_COVIS, SOURCE_POPULAR = 0, 1, 2
-N_SOURCES = 3
+SOURCE_ANN, SOURCE_COVIS, SOURCE_POPULAR, SOURCE_RECENT, SOURCE_SKNN = 0, 1, 2, 3, 4
+N_SOURCES = 5
 SESSION_QUERY = -1  # ann evidence: the item came from the session query (>= 0: that interest's index)
 
 #: the session vector weighs its items by recency: the weight halves every this many items back
@@ -46,6 +51,12 @@ GLOBAL_POPULAR_WEIGHT = 0.25
 POPULAR_CATEGORIES = 3
 #: the r-th most recent anchor item (r = 0, 1, ...) weighs (r + 1) ** -ANCHOR_RECENCY_POWER
 ANCHOR_RECENCY_POWER = 1.0
+#: session-kNN: a session item's weight in the query halves every this many items back (0: all equal)
+SKNN_RECENCY_HALF_ITEMS = 0.0
+#: session-kNN: a neighbour session's item counts half every this many items away from the shared one (0: off)
+SKNN_PROXIMITY_HALF_ITEMS = 0.0
+#: the r-th most recently viewed item (r = 0, 1, ...) scores (r + 1) ** -RECENT_RECENCY_POWER
+RECENT_RECENCY_POWER = 1.0
 
 
 @dataclass(slots=True)
@@ -61,6 +72,8 @@ class CandidatePool:
     covis_anchors: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
     popular: dict[str, float] = field(default_factory=dict)  # item -> weighted, scaled popularity
     popular_category: dict[str, str] = field(default_factory=dict)  # item -> category path (GLOBAL: shop)
+    recent: dict[str, float] = field(default_factory=dict)  # item -> recency score of the visitor's own item
+    sknn: dict[str, float] = field(default_factory=dict)  # item -> summed similarity of neighbour sessions
 
     def _add(self, item: str) -> None:
         if item not in self.index:
@@ -74,9 +87,10 @@ class CandidatePool:
         return max(self.covis_anchors, key=lambda m: m[1] * m[2].get(item, 0.0))[0]
 
     def source_matrix(self) -> np.ndarray:
-        """[n, 3] scores per source, each source scaled to [0, 1] by its best candidate."""
+        """[n, N_SOURCES] scores per source, each source scaled to [0, 1] by its best candidate."""
         m = np.zeros((len(self.ids), N_SOURCES), dtype=np.float64)
-        for col, src in ((SOURCE_ANN, self.ann), (SOURCE_COVIS, self.covis), (SOURCE_POPULAR, self.popular)):
+        for col, src in ((SOURCE_ANN, self.ann), (SOURCE_COVIS, self.covis), (SOURCE_POPULAR, self.popular),
+                         (SOURCE_RECENT, self.recent), (SOURCE_SKNN, self.sknn)):
             if not src:
                 continue
             rows = np.fromiter((self.index[i] for i in src), dtype=np.int64, count=len(src))
@@ -185,6 +199,46 @@ def covis_candidates(
         pool.covis[item] = s
 
 
+def recent_candidates(pool: CandidatePool, state: VisitorState, n: int, exclude: Sequence[str]) -> None:
+    """The visitor's last `n` distinct positively-interacted items, the r-th latest scoring (r+1)^-power.
+
+    Items in `exclude` (what the hard rules or the "novel" question remove anyway) are skipped.
+    """
+    if n <= 0:
+        return
+    skip = set(exclude)
+    for r, h in enumerate(state.recent_items(n)):
+        if h[0] not in skip:
+            pool._add(h[0])
+            pool.recent[h[0]] = (r + 1) ** -RECENT_RECENCY_POWER
+
+
+def sknn_candidates(
+    pool: CandidatePool,
+    state: VisitorState,
+    sessions: SessionIndex,
+    now_ms: int,
+    n: int,
+    settings: Settings,
+) -> None:
+    """The best `n` items of the `sknn_neighbours` recent sessions most similar to the current one."""
+    hist = state.session_history(now_ms, settings)
+    items = [h[0] for h in hist if h[2] in POSITIVE_CODES]
+    if not items:
+        return
+    visitor = state.user_id or state.session_id
+    own = sessions.session_id(visitor, state.session_start) if visitor is not None else None
+    scores = sessions.scores(items, settings.sknn_neighbours, own, SKNN_RECENCY_HALF_ITEMS, SKNN_PROXIMITY_HALF_ITEMS)
+    if not scores:
+        return
+    top = heapq.nsmallest(n, scores.items(), key=_best_first) if len(scores) > n else sorted(
+        scores.items(), key=_best_first
+    )
+    for item, sc in top:
+        pool._add(item)
+        pool.sknn[item] = sc
+
+
 def _best_first(kv: tuple[str, float]) -> tuple[float, str]:
     return (-kv[1], kv[0])
 
@@ -252,24 +306,31 @@ def gather(
     settings: Settings,
     n_anchors: int,
     k: int,
+    sessions: SessionIndex | None = None,
 ) -> CandidatePool:
-    """All three sources for one visitor, about `n` candidates from each, for a list of `k`."""
+    """All four sources for one visitor, about `n` candidates from each, for a list of `k`."""
     pool = CandidatePool()
     if settings.weight_covis > 0:
         covis_candidates(pool, state, covis, n_anchors, n)
+    if settings.weight_sknn > 0 and sessions is not None:
+        sknn_candidates(pool, state, sessions, now_ms, n, settings)
     if settings.weight_ann > 0:
         ann_candidates(pool, state, catalog, now_ms, n, exclude, settings, min_per_query=k)
     if settings.weight_popular > 0 or not pool.ids:
         popular_candidates(pool, state, popularity, now_ms, page_category, n, settings, min_per_category=k)
+    if settings.weight_recent > 0:
+        recent_candidates(pool, state, settings.recent_items, exclude)
     return pool
 
 
 def blend(pool: CandidatePool, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """Blended score per candidate and the index of the source that contributed most to it."""
     m = pool.source_matrix()
-    w = np.array([settings.weight_ann, settings.weight_covis, settings.weight_popular], dtype=np.float64)
+    w = np.array([settings.weight_ann, settings.weight_covis, settings.weight_popular, settings.weight_recent,
+                  settings.weight_sknn], dtype=np.float64)
     w = np.maximum(w, 0.0)
     if not w.any():  # all weights off: popularity still has to fill the list
-        w = np.array([0.0, 0.0, 1.0])
+        w = np.zeros(N_SOURCES)
+        w[SOURCE_POPULAR] = 1.0
     contrib = m * w
     return contrib.sum(axis=1), np.argmax(contrib, axis=1)

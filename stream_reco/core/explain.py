@@ -11,6 +11,10 @@ item, a popular category), never from free text, so the same inputs always give 
 'Often viewed with Oak coffee table'
 >>> popular_in("Sofas", 168.0)
 'Popular in Sofas this week'
+>>> viewed_recently()
+'You viewed this recently'
+>>> similar_sessions()
+'Viewed by shoppers with similar sessions'
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 TITLE_MAX_CHARS = 40
 ELLIPSIS = "…"
 SIMILAR_FALLBACK = "Similar to items you liked"
+VIEWED_RECENTLY = "You viewed this recently"
+SIMILAR_SESSIONS = "Viewed by shoppers with similar sessions"
 POPULAR_FALLBACK = "Popular right now"
 HOURS_PER_DAY = 24.0
 HOURS_PER_WEEK = 168.0
@@ -133,3 +139,13 @@ def popular_in(leaf_category: str, half_life_h: float) -> str:
 
 def similar_to_liked() -> str:
     return SIMILAR_FALLBACK
+
+
+def viewed_recently() -> str:
+    """The reason of an item the visitor looked at earlier (the recently-viewed source)."""
+    return VIEWED_RECENTLY
+
+
+def similar_sessions() -> str:
+    """The reason of an item that sessions sharing the visitor's items went on to view."""
+    return SIMILAR_SESSIONS

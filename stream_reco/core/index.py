@@ -263,22 +263,33 @@ class AnnoyIndex:
         tie_tolerance: float = 0.0,
     ) -> Hits:
         """Approximate top-k; `blocked`/`exclude` are applied to annoy's answer, widening it as needed."""
+        n_excluded = 0 if exclude is None else int(exclude.size)
+        return self._search(query, k, blocked, exclude, n_excluded, tie_tolerance)
+
+    def _search(
+        self,
+        query: np.ndarray,
+        k: int,
+        blocked: np.ndarray | None,
+        exclude: np.ndarray | None,
+        n_excluded: int,
+        tie_tolerance: float,
+    ) -> Hits:
+        """`search`, where `blocked` may already include the `exclude`d rows (then `exclude` is None) and
+        `n_excluded` is their count either way: it sizes the fetch, so both forms give the same hits."""
         total = len(self)
         if k <= 0 or total == 0:
             return Hits.empty()
         q = query.tolist()
-        n_excluded = 0 if exclude is None else int(exclude.size)
         fetch = min(total, k * ANNOY_OVERFETCH + n_excluded)
         search_k = self.search_k
         while True:
             # annoy returns at most the candidates its search_k visits; -1 visits the whole forest
             rows, scores = self._fetch(q, fetch, -1 if fetch >= total else max(search_k, fetch))
-            keep = np.ones(rows.shape[0], dtype=bool)
-            if blocked is not None:
-                keep &= ~blocked[rows]
-            if n_excluded:
+            keep = ~blocked[rows] if blocked is not None else np.ones(rows.shape[0], dtype=bool)
+            if exclude is not None and exclude.size:
                 keep &= ~np.isin(rows, exclude)
-            if int(keep.sum()) >= k or fetch >= total:
+            if int(np.count_nonzero(keep)) >= k or fetch >= total:
                 break
             fetch = min(total, fetch * ANNOY_FETCH_GROWTH)
             search_k *= ANNOY_FETCH_GROWTH
@@ -293,5 +304,10 @@ class AnnoyIndex:
         exclude: np.ndarray | None = None,
         tie_tolerance: float = 0.0,
     ) -> list[Hits]:
-        """annoy has no batched query: one `search` per row."""
-        return [self.search(q, k, blocked=blocked, exclude=exclude, tie_tolerance=tie_tolerance) for q in queries]
+        """annoy has no batched query: one search per row (the exclusions folded into one mask first)."""
+        n_excluded = 0 if exclude is None else int(exclude.size)
+        if blocked is not None and n_excluded and len(queries) > 0:
+            mask = blocked.copy()
+            mask[exclude[(exclude >= 0) & (exclude < mask.shape[0])]] = True
+            return [self._search(q, k, mask, None, n_excluded, tie_tolerance) for q in queries]
+        return [self._search(q, k, blocked, exclude, n_excluded, tie_tolerance) for q in queries]

@@ -202,6 +202,8 @@ class ItemCatalog:
         self._encoder = ContentEncoder(settings.embedding_dim, settings.seed)
         self._items: dict[str, CatalogItem] = {}
         self._space = _Space(settings.embedding_dim, CONTENT_ONLY, None, INITIAL_CAPACITY)
+        #: between begin_bulk_load and end_bulk_load: no background builds
+        self._bulk_loading = False
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -237,6 +239,10 @@ class ItemCatalog:
     def get(self, item_id: str) -> CatalogItem | None:
         return self._items.get(item_id)
 
+    def get_many(self, item_ids: Iterable[str]) -> list[CatalogItem | None]:
+        """`get` for each id (one call instead of one per id: rules look up every candidate)."""
+        return list(map(self._items.get, item_ids))
+
     def is_recommendable(self, item_id: str) -> bool:
         item = self._items.get(item_id)
         return item is not None and item.recommendable
@@ -255,15 +261,13 @@ class ItemCatalog:
     def vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """[len(item_ids), dim] float32 vectors; rows of unknown ids are zeros."""
         space = self._space
-        out = np.zeros((len(item_ids), space.dim), dtype=np.float32)
-        pos, rows = [], []
-        for i, item_id in enumerate(item_ids):
-            row = space.row_of.get(item_id)
-            if row is not None:
-                pos.append(i)
-                rows.append(row)
-        if rows:
-            out[pos] = space.matrix[rows]
+        found = list(map(space.row_of.get, item_ids))
+        if None not in found:  # the usual case: every id known, one gather
+            return space.matrix[found] if found else np.zeros((0, space.dim), dtype=np.float32)
+        out = np.zeros((len(found), space.dim), dtype=np.float32)
+        pos = [i for i, row in enumerate(found) if row is not None]
+        if pos:
+            out[pos] = space.matrix[[found[i] for i in pos]]
         return out
 
     # ------------------------------------------------------------------ updates
@@ -273,11 +277,33 @@ class ItemCatalog:
         self._items[item.item_id] = item
         self._apply(space, item)
         space.sync()
+        self._maybe_rebuild(space)
+
+    def _maybe_rebuild(self, space: _Space) -> None:
+        """Start a background build when the delta outgrew `delta_rebuild_items` (not during a bulk load)."""
         pending = len(space.delta)
-        if pending > self.settings.delta_rebuild_items and (
+        if pending > self.settings.delta_rebuild_items and not self._bulk_loading and (
             space.build_error is None or pending >= REBUILD_RETRY_GROWTH * space.delta_at_build
         ):
             self.rebuild(background=True)
+
+    def begin_bulk_load(self) -> None:
+        """A bulk load starts (a worker's initial catalogue read): no snapshot builds until `end_bulk_load`.
+
+        Without it, builds run back to back during the load, each made stale by the next
+        `delta_rebuild_items` items, and the last one leaves thousands of rows in the exact delta
+        (docs/benchmarks.md). Searches stay correct meanwhile: the delta (or the exact scan) serves every
+        row the current snapshot does not cover.
+        """
+        self._bulk_loading = True
+
+    def end_bulk_load(self, background: bool = True) -> None:
+        """The bulk load is over: one build over everything that changed during it (see `wait_for_rebuild`)."""
+        self._bulk_loading = False
+        space = self._space
+        space.sync()
+        if space.delta:
+            self.rebuild(background=background)
 
     def _apply(self, space: _Space, item: CatalogItem) -> None:
         feats = item_features(item)
@@ -483,6 +509,8 @@ class ItemCatalog:
             raise CatalogError(f"queries must have shape [n, {dim}], got {q.shape}")
         norms = np.linalg.norm(q.astype(np.float64), axis=1)
         ok = np.isfinite(norms) & (norms > 0)
+        if ok.all():  # the usual case: the same division, without the masked copies
+            return (q / norms[:, None]).astype(np.float32), ok
         out = np.zeros_like(q)
         out[ok] = (q[ok] / norms[ok, None]).astype(np.float32)
         return out, ok
@@ -511,6 +539,10 @@ class ItemCatalog:
         if k <= 0 or space.n == 0 or not ok.any():
             return results
         snap = space.sync()
+        if snap.index is not None and len(space.delta) > self.settings.delta_rebuild_items:
+            # a build that finished after the last upsert can leave a delta above the threshold that no
+            # upsert will ever shrink (a quiet catalogue): every query would scan it exactly
+            self._maybe_rebuild(space)
         excluded = self._exclude_rows(space, exclude)
         valid = np.flatnonzero(ok)
         n = space.n
@@ -548,5 +580,7 @@ class ItemCatalog:
             return []
         scores = (space.matrix[rows] * query).sum(axis=1, dtype=np.float32)
         ids = space.ids
-        ranked = sorted(zip(scores.tolist(), rows.tolist(), strict=True), key=lambda sr: (-sr[0], ids[sr[1]]))
-        return [(ids[row], score) for score, row in ranked[:k]]
+        rows_list = rows.tolist()
+        # (-score, id) tuples sort natively (no key function); the row breaks no tie (rows are distinct)
+        ranked = sorted(zip((-scores).tolist(), [ids[r] for r in rows_list], rows_list, strict=True))
+        return [(item_id, -neg) for neg, item_id, _ in ranked[:k]]

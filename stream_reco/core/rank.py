@@ -27,19 +27,21 @@ def stable_order(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
     return np.lexsort((id_rank, -np.asarray(scores, dtype=np.float64)))
 
 
-def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:
+def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float, keep: int = 0) -> np.ndarray:
     """Indices of `k` picks by MMR; `scores` must already be in canonical order (see `stable_order`).
 
     Relevance is the score scaled to [0, 1] by the pool's best; similarity is cosine (rows of `vectors`
     need not be unit, zero rows are similar to nothing). Ties go to the lower index, i.e. to the better
     score and then the smaller id, because the pool arrives in canonical order. `lam` = 1 is a plain
-    top-k by score.
+    top-k by score. The first `keep` slots go by relevance alone (the best few stay on top); MMR then
+    diversifies the rest against everything picked so far, with relevance rescaled by the best of the
+    rest (so a few very strong kept items do not shrink the others' relevance next to the similarity).
     """
     n = len(scores)
     k = min(k, n)
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    if lam >= 1.0 or n == 1:
+    if lam >= 1.0 or n == 1 or keep >= k:
         return np.arange(k)
     rel = np.asarray(scores, dtype=np.float64)
     top = float(rel.max())
@@ -51,7 +53,13 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarr
     picked = np.zeros(n, dtype=bool)
     order = np.empty(k, dtype=np.int64)
     for step in range(k):
-        gain = lam * rel - (1.0 - lam) * max_sim
+        if step < keep:
+            gain = rel.copy()
+        else:
+            if step == keep and keep > 0:
+                rest = float(rel[~picked].max())
+                rel = rel / rest if rest > 0 else rel
+            gain = lam * rel - (1.0 - lam) * max_sim
         gain[picked] = -np.inf
         best = int(np.argmax(gain))
         order[step] = best

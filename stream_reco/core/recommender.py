@@ -23,6 +23,8 @@ from stream_reco.core.candidates import (
     SESSION_QUERY,
     SOURCE_ANN,
     SOURCE_COVIS,
+    SOURCE_RECENT,
+    SOURCE_SKNN,
     CandidatePool,
     blend,
     gather,
@@ -32,7 +34,7 @@ from stream_reco.core.events import CatalogItem, Event, Recommendation, Recommen
 from stream_reco.core.rank import mmr, stable_order
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
 from stream_reco.core.state import POSITIVE_CODES, VisitorState, event_weight, leaf_of
-from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity
+from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
 
 if TYPE_CHECKING:
@@ -101,6 +103,8 @@ class Recommender:
         self.store: VisitorStore = store if store is not None else InMemoryVisitorStore()
         self.covis = CoVisitation(settings.covis_neighbours, backward_weight=COVIS_BACKWARD_WEIGHT)
         self.popularity = Popularity(settings.popularity_half_life_h)
+        #: session-kNN index (shop-wide; learned from every event, also those the model priors count)
+        self.sessions = SessionIndex(settings.sknn_max_sessions, settings.sknn_sessions_per_item)
         self.rules: list[Rule] = default_rules(settings)
         self.n_observed = 0
         self.n_duplicates = 0
@@ -157,6 +161,8 @@ class Recommender:
         if event.event_type != "dismiss" and not counted:
             self._learn_stats(state, event, category or event.page_category)
         state.apply(event, self.settings, vector=vector, category=category)
+        if event.event_type != "dismiss" and self.settings.weight_sknn > 0:
+            self.sessions.add(key, state.session_start, event.item_id)
         if event.event_type == "purchase" and item is not None and item.repurchasable and category:
             state.purchase_categories.pop(category, None)  # a consumable's category stays open
         self.store.put(key, state)
@@ -210,7 +216,7 @@ class Recommender:
         ctx = RuleContext(s, self.catalog, state, now_ms, page_category=scope, exclude_interacted=exclude_interacted)
         n = max(k, s.overfetch * k)
         pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, excluded_ids(ctx),
-                      page_category, s, s.covis_anchor_items, k)
+                      page_category, s, s.covis_anchor_items, k, sessions=self.sessions)
         ids, scores, sources = self._score(pool, ctx, k, n)
         if len(ids) < k:  # filtering left too few: widen the shop-wide best-sellers once
             popular_candidates(pool, state, self.popularity, now_ms, scope, POPULAR_TOP_CAP, s)
@@ -219,7 +225,7 @@ class Recommender:
             return []
         pool_size = MMR_POOL_FACTOR * k
         ids, scores, sources = ids[:pool_size], scores[:pool_size], sources[:pool_size]
-        picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda)
+        picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda, keep=s.mmr_keep_top)
         explainer = _Explainer(self, state, now_ms)
         return [
             RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
@@ -329,6 +335,10 @@ class _Explainer:
         return counts
 
     def reason(self, item_id: str, source: int, pool: CandidatePool) -> str:
+        if source == SOURCE_RECENT and item_id in pool.recent:
+            return explain.viewed_recently()
+        if source == SOURCE_SKNN and item_id in pool.sknn:
+            return explain.similar_sessions()
         cat = self._category(item_id)
         anchor = pool.covis_anchor(item_id) if source == SOURCE_COVIS else None
         if anchor is not None:

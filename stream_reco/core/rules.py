@@ -47,7 +47,8 @@ class Batch:
 
     @classmethod
     def of(cls, ids: Sequence[str], catalog: ItemCatalog) -> Batch:
-        return cls(ids=ids, items=[catalog.get(i) for i in ids])
+        get_many = getattr(catalog, "get_many", None)
+        return cls(ids=ids, items=get_many(ids) if get_many is not None else [catalog.get(i) for i in ids])
 
     def __len__(self) -> int:
         return len(self.ids)

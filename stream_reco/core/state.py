@@ -11,8 +11,11 @@ stack-findings.md). So a visitor holds up to `max_interests` unit vectors, each 
 mean of the items that fell into its region of item space; an item unlike every interest opens a new
 one, and when all slots are taken the two closest interests merge to make room.
 
-Serialisation is orjson with short keys and vectors as base64 float32, so the bytes a faust changelog
-stores stay small and round-trip exactly (no pickle anywhere).
+Serialisation is orjson with short keys and interest vectors as base64 float16, so the bytes a faust
+changelog stores stay small and round-trip exactly (no pickle anywhere). Interest vectors are kept at
+float16 precision in the live object too (`quantised`), so a state read back from its bytes is the state
+that was written, and a worker (which decodes state on every event) and an in-process replay (which keeps
+live objects) compute the same lists. Format 1 (float32 vectors) is still read, rounded on load.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ CODE_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
 #: codes of the events that express interest (a dismissal does not)
 POSITIVE_CODES = frozenset({0, 1, 2})
 
-#: version of the serialised layout; from_bytes rejects anything else
-STATE_FORMAT = 1
+#: version of the serialised layout (2: float16 interest vectors); from_bytes reads 1 and 2, rejects others
+STATE_FORMAT = 2
+READABLE_FORMATS = (1, STATE_FORMAT)
+#: dtype of stored interest vectors per format
+VECTOR_DTYPES = {1: "<f4", 2: "<f2"}
 MS_PER_HOUR = 3_600_000
 MS_PER_SECOND = 1000
 MS_PER_DAY = 86_400_000
@@ -70,19 +76,25 @@ def _unit(v: np.ndarray) -> np.ndarray | None:
     return (v / n).astype(np.float32)
 
 
+def quantised(v: np.ndarray) -> np.ndarray:
+    """`v` as float32 holding float16 values: the precision interest vectors are kept at (memory per
+    visitor: a 64-d vector is 172 bytes of base64 instead of 344; cosines move by ~1e-3 at most)."""
+    return np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
 def _b64(v: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")
+    return base64.b64encode(np.ascontiguousarray(v, dtype=VECTOR_DTYPES[STATE_FORMAT]).tobytes()).decode("ascii")
 
 
-def _unb64(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
+def _unb64(s: str, fmt: int = STATE_FORMAT) -> np.ndarray:
+    return quantised(np.frombuffer(base64.b64decode(s), dtype=VECTOR_DTYPES[fmt]))
 
 
 @dataclass(slots=True)
 class Interest:
     """One region of item space a visitor cares about: a unit centroid and a decayed weight."""
 
-    vector: np.ndarray  # unit float32 [dim]
+    vector: np.ndarray  # unit float32 [dim] holding float16 values (`quantised`)
     weight: float  # decayed weight as of `updated_at`
     updated_at: int  # ms, event time of the last change
     count: int = 1  # events that fed it (for tests, explanations and diagnostics)
@@ -100,7 +112,7 @@ class Interest:
         total = self.weight + weight
         merged = _unit(self.vector * self.weight + vector * weight)
         if merged is not None:
-            self.vector = merged
+            self.vector = quantised(merged)
         self.weight = total
         self.count += count
 
@@ -133,7 +145,7 @@ def update_interests(
             it = interests[best]
             pushed = _unit(it.vector * it.weight + vector * weight * sims[best])
             if pushed is not None:
-                it.vector = pushed
+                it.vector = quantised(pushed)
             it.updated_at = max(it.updated_at, timestamp)
         return
     if best >= 0 and sims[best] >= settings.interest_split_cosine:
@@ -151,7 +163,7 @@ def update_interests(
             interests[best].absorb(vector, weight)
             interests[best].updated_at = max(interests[best].updated_at, timestamp)
             return
-    interests.append(Interest(vector=vector.astype(np.float32), weight=weight, updated_at=timestamp, count=1))
+    interests.append(Interest(vector=quantised(vector), weight=weight, updated_at=timestamp, count=1))
 
 
 def _closest_pair(interests: list[Interest]) -> tuple[int, int, float] | None:
@@ -354,7 +366,7 @@ class VisitorState:
     # --- serialisation ---
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict with short keys (vectors as base64 float32, so they round-trip exactly)."""
+        """A JSON-able dict with short keys (vectors as base64 float16, so they round-trip exactly)."""
         d: dict[str, Any] = {
             "f": STATE_FORMAT,
             "u": self.user_id,
@@ -386,8 +398,9 @@ class VisitorState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VisitorState:
-        if d.get("f") != STATE_FORMAT:
-            raise StateError(f"unsupported visitor state format {d.get('f')!r}")
+        fmt = d.get("f")
+        if fmt not in READABLE_FORMATS:
+            raise StateError(f"unsupported visitor state format {fmt!r}")
         return cls(
             user_id=d.get("u"),
             session_id=d.get("s"),
@@ -401,7 +414,7 @@ class VisitorState:
             dismissed={str(k): int(v) for k, v in d.get("d", {}).items()},
             purchase_categories={str(k): int(v) for k, v in d.get("pc", {}).items()},
             interests=[
-                Interest(vector=_unb64(v), weight=float(w), updated_at=int(t), count=int(c))
+                Interest(vector=_unb64(v, fmt), weight=float(w), updated_at=int(t), count=int(c))
                 for v, w, t, c in d.get("i", ())
             ],
             event_ids=[str(e) for e in d.get("e", ())],
@@ -421,6 +434,51 @@ class VisitorState:
     def approx_memory_bytes(self) -> int:
         """Rough in-memory size (objects reachable from this state), for benchmarks and reports."""
         return _deep_size(self)
+
+
+#: decoded states a `DecodedStates` keeps (a worker batch touches at most `batch_size` visitors, 256 by default)
+DECODED_STATES_CAP = 512
+
+
+class DecodedStates:
+    """The decoded `VisitorState` of recently read or written bytes, for stores that keep `to_bytes()`.
+
+    A worker reads a visitor's state three times per event (observe, the list, its user and session ids)
+    and decoding costs ~30 us each (docs/benchmarks.md). An entry is used only while the store still holds
+    *the same bytes object* it was decoded from or encoded to (`is`, not `==`), so a value replaced behind
+    the store's back (changelog recovery, another writer) is decoded afresh. The state object is shared
+    between reads, as with a store of live objects: callers that change a state put it back (the core
+    always does), and putting re-associates the object with its new bytes.
+    """
+
+    __slots__ = ("_entries", "cap")
+
+    def __init__(self, cap: int = DECODED_STATES_CAP) -> None:
+        self.cap = cap
+        self._entries: dict[bytes, tuple[bytes, VisitorState]] = {}
+
+    def get(self, key: bytes, raw: bytes) -> VisitorState:
+        """The state `raw` (the store's current value for `key`) decodes to."""
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        state = VisitorState.from_bytes(raw)
+        self.remember(key, raw, state)
+        return state
+
+    def remember(self, key: bytes, raw: bytes, state: VisitorState) -> None:
+        """`state` is what `raw`, now stored under `key`, decodes to (it was just encoded from it)."""
+        entries = self._entries
+        entries.pop(key, None)
+        entries[key] = (raw, state)
+        if len(entries) > self.cap:
+            del entries[next(iter(entries))]
+
+    def forget(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def leaf_of(category_path: str) -> str:

@@ -279,3 +279,113 @@ class Popularity:
             sb = in_b[k] if k in in_b else self.prior.score(k, now_ms)
             merged[k] = sa + sb
         return _top(merged.items(), n)
+
+
+class SessionIndex:
+    """Recent sessions' item sets, and per item the latest sessions that contain it (session-kNN).
+
+    A session is keyed by (visitor key, session start ms), so re-learning an event (a replay after a
+    restart) changes nothing: item sets are sets. Bounded: the oldest sessions beyond `max_sessions` are
+    forgotten (item lists skip them lazily) and each item remembers at most `per_item` sessions.
+    Deterministic: sessions get increasing ids in stream order and every ordering breaks ties by id.
+    """
+
+    def __init__(self, max_sessions: int, per_item: int) -> None:
+        self.max_sessions = max(1, int(max_sessions))
+        self.per_item = max(1, int(per_item))
+        self.ids: dict[tuple[str, int], int] = {}  # session key -> id
+        self.keys: dict[int, tuple[str, int]] = {}  # id -> session key (insertion order: oldest first)
+        self.items: dict[int, dict[str, None]] = {}  # id -> its distinct items, in first-view order
+        self.by_item: dict[str, list[int]] = {}  # item -> ids of its latest sessions, oldest first
+        self._next = 0
+
+    def add(self, visitor: str, session_start: int, item: str) -> None:
+        """`item` was interacted with in the visitor's session that started at `session_start`."""
+        key = (visitor, int(session_start))
+        sid = self.ids.get(key)
+        if sid is None:
+            sid = self.ids[key] = self._next
+            self._next += 1
+            self.keys[sid] = key
+            self.items[sid] = {}
+            while len(self.keys) > self.max_sessions:
+                old = next(iter(self.keys))
+                del self.ids[self.keys.pop(old)]
+                del self.items[old]
+        items = self.items[sid]
+        if item in items:
+            return
+        items[item] = None
+        lst = self.by_item.get(item)
+        if lst is None:
+            lst = self.by_item[item] = []
+        lst.append(sid)
+        if len(lst) > 2 * self.per_item:  # amortised trim
+            del lst[: len(lst) - self.per_item]
+
+    def session_id(self, visitor: str, session_start: int) -> int | None:
+        return self.ids.get((visitor, int(session_start)))
+
+    def neighbours(
+        self, items: Sequence[str], k: int, own: int | None = None, recency_half_items: float = 0.0
+    ) -> list[tuple[int, float, str]]:
+        """The `k` sessions most similar to the session `items` (oldest first): (id, similarity, anchor).
+
+        Similarity is the cosine between the query's item weights and the session's item set; with
+        `recency_half_items` > 0 a query item's weight halves every that many items back (the latest items
+        say most about what comes next). `anchor` is the latest query item the session shares. Candidate
+        sessions are the latest `per_item` sessions of each item; `own` (the asking session) is skipped.
+        Best first, ties by the newer session.
+        """
+        query = list(dict.fromkeys(reversed(items)))  # distinct, latest first
+        if not query or k <= 0:
+            return []
+        if recency_half_items > 0:
+            weights = [0.5 ** (r / recency_half_items) for r in range(len(query))]
+        else:
+            weights = [1.0] * len(query)
+        overlap: dict[int, float] = {}
+        anchor: dict[int, str] = {}
+        live = self.items
+        for item, w in zip(query, weights, strict=True):
+            for sid in self.by_item.get(item, ())[-self.per_item :]:
+                if sid != own and sid in live:
+                    if sid in overlap:
+                        overlap[sid] += w
+                    else:
+                        overlap[sid] = w
+                        anchor[sid] = item
+        if not overlap:
+            return []
+        qn = sum(w * w for w in weights) ** 0.5
+        sims = [(sid, o / (qn * len(live[sid]) ** 0.5), anchor[sid]) for sid, o in overlap.items()]
+        return heapq.nsmallest(k, sims, key=lambda p: (-p[1], -p[0]))
+
+    def scores(
+        self,
+        items: Sequence[str],
+        k: int,
+        own: int | None = None,
+        recency_half_items: float = 0.0,
+        proximity_half_items: float = 0.0,
+    ) -> dict[str, float]:
+        """Session-kNN item scores: the summed similarity of the `k` nearest sessions containing each item.
+
+        With `proximity_half_items` > 0 an item of a neighbour session counts less the farther it was viewed
+        from the shared anchor item (halving every that many items), as in STAN.
+        """
+        out: dict[str, float] = {}
+        for sid, sim, anchor in self.neighbours(items, k, own, recency_half_items):
+            members = self.items[sid]
+            if proximity_half_items > 0:
+                order = list(members)
+                at = order.index(anchor)
+                for pos, item in enumerate(order):
+                    out[item] = out.get(item, 0.0) + sim * 0.5 ** (abs(pos - at) / proximity_half_items)
+            else:
+                for item in members:
+                    out[item] = out.get(item, 0.0) + sim
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -36,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -47,15 +48,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from stream_reco import redact, schemas
 from stream_reco.core.events import CatalogItem, Event, Recommendation
 from stream_reco.core.recommender import Recommender
-from stream_reco.core.state import VisitorState
+from stream_reco.core.state import DecodedStates, VisitorState
 from stream_reco.model import artifact as model_artifact
 from stream_reco.settings import Settings
 from stream_reco.stream import joins
-from stream_reco.stream.recovery import StatsRecovery
+from stream_reco.stream.recovery import DeliveryWatch, StallWatch, StatsRecovery
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ READY_LINE = "stream-reco worker ready"
 ASSIGNED_LINE = "events partitions assigned:"
 VISITORS_TABLE = "visitors"
 STATS_INTERVAL_S = 10.0
+#: how often the worker checks whether faust's table recovery is stuck (`recovery_stall_s` decides)
+RECOVERY_WATCH_S = 5.0
+#: longest wait for the broker's log end offsets in a delivery check (the next check asks again)
+DELIVERY_QUERY_TIMEOUT_S = 5.0
 
 
 def faust_broker_url(settings: Settings) -> str:
@@ -120,22 +126,27 @@ class TableStore:
         #: while the core applies an event, only visitors of the event's partition are visible (stream/joins.py)
         self.only_partition: int | None = None
         self._partitioner = DefaultPartitioner()
+        #: one decode per visitor and batch instead of one per read (state.DecodedStates)
+        self.decoded = DecodedStates()
 
     def get(self, key: str) -> VisitorState | None:
         if self.only_partition is not None and key != self.current_key and self._partitioner(
                 key.encode(), self.partitions, self.partitions) != self.only_partition:
             return None  # another partition's visitor (maybe another worker's): logins are forwarded instead
-        raw = self.table.data.get(key.encode())
-        return VisitorState.from_bytes(raw) if raw else None
+        kb = key.encode()
+        raw = self.table.data.get(kb)
+        return self.decoded.get(kb, raw) if raw else None
 
     def put(self, key: str, state: VisitorState) -> None:
         kb = key.encode()
         value = state.to_bytes()
         self.table.data[kb] = value
+        self.decoded.remember(kb, value, state)
         self.table.send_changelog(self._partition_for(key, kb), kb, value)
 
     def delete(self, key: str) -> None:
         kb = key.encode()
+        self.decoded.forget(kb)
         if self.table.data.pop(kb, None) is not None:
             self.table.send_changelog(self._partition_for(key, kb), kb, None)
 
@@ -224,6 +235,14 @@ class RecoWorker:
         self.app.task(self._consume_catalog)
         self.app.timer(settings.model_poll_s)(self._watch_model)
         self.app.timer(STATS_INTERVAL_S)(self._log_stats)
+        #: one step at a time applies events: a batch, or the repair of skipped ones (`_repair_skipped`)
+        self.apply_lock = asyncio.Lock()
+        if settings.skip_check_s > 0:
+            self.app.timer(settings.skip_check_s)(self._repair_skipped)
+        self.stall_watch = StallWatch(settings.recovery_stall_s)
+        self.delivery_watch = DeliveryWatch(settings.delivery_stall_s)
+        if settings.recovery_stall_s > 0:
+            self.app.timer(RECOVERY_WATCH_S)(self._watch_recovery)
         if settings.web_port > 0:
             worker = self  # faust builds a View class from the handler: a plain function, not a bound method
 
@@ -242,6 +261,74 @@ class RecoWorker:
 
     async def handle_batch(self, batch: Sequence[Any]) -> None:
         """Apply every event of the batch in order, then publish one list per visitor touched."""
+        async with self.apply_lock:
+            await self._apply_batch(batch)
+
+    async def _repair_skipped(self) -> None:
+        """Apply events the consumer committed without delivering them (stream/recovery.py)."""
+        if self.app.tables.recovery.in_recovery:  # the table is not whole yet: wait
+            return
+        committed = dict(getattr(self.app.consumer, "_committed_offset", None) or {})  # faust's record of commits
+        topic = self.settings.events_topic
+        offsets = {tp.partition: off for tp, off in committed.items()
+                   if tp.topic == topic and off is not None and tp.partition in self.active_partitions}
+        if offsets:
+            async with self.apply_lock:
+                for missed in await self.recovery.acknowledged_unseen(offsets):
+                    await self._apply_alone(missed)
+        await self._watch_delivery(committed)
+
+    async def _watch_delivery(self, committed: dict[Any, int | None]) -> None:
+        """Rewind, then restart, when a partition's waiting events stop reaching the worker (`DeliveryWatch`)."""
+        topic = self.settings.events_topic
+        tps = [TP(topic, p) for p in sorted(self.active_partitions)]
+        if not tps or self.apply_lock.locked():
+            # busy applying (a long statistics rebuild holds the lock for minutes): that is not a stall
+            self.delivery_watch.reset()
+            return
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=DELIVERY_QUERY_TIMEOUT_S)
+        except Exception as exc:  # a broker hiccup: look again at the next tick
+            log.debug("log end offsets unavailable: %r", exc)
+            return
+        expected = self.recovery.next_offset
+        position = {tp.partition: expected.get(tp.partition, committed.get(tp) or 0) for tp in tps}
+        end = {tp.partition: off for tp, off in ends.items() if off is not None}
+        rewind, stuck = self.delivery_watch.check(time.monotonic(), position, end)
+        for partition in rewind:
+            log.warning("partition %d: no event reached the worker for %.0f s although the log holds offsets %d-%d; "
+                        "re-reading from offset %d", partition, self.settings.delivery_stall_s, position[partition],
+                        end[partition] - 1, position[partition])
+            self.stats.counts["rewinds"] += 1
+            await self.app.consumer.seek(TP(topic, partition), position[partition])
+        if stuck:
+            self._restart(f"partitions {stuck} still receive no events after a re-read")
+
+    async def _watch_recovery(self) -> None:
+        """Restart this process when faust's table recovery is stuck (stream/recovery.py, `StallWatch`)."""
+        recovery = self.app.tables.recovery
+        if not self.stall_watch.stalled(time.monotonic(), bool(recovery.in_recovery),
+                                        int(recovery.active_remaining_total())):
+            return
+        self._restart(f"table recovery made no progress for {self.settings.recovery_stall_s:.0f} s "
+                      f"({recovery.active_remaining_total()} changelog records remaining)")
+
+    @staticmethod
+    def _restart(reason: str) -> None:
+        """Re-execute this worker (same command line and process id): the cure for a wedged faust, and safe,
+        because state is in the changelogs and offsets cover only applied events (docs/operations.md)."""
+        log.error("%s: restarting this worker", reason)
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+    async def _apply_alone(self, msg: Any) -> None:
+        """One message outside the stream (skipped by the consumer), handled and published on its own."""
+        triggers: dict[str, Event] = {}
+        replayed: dict[str, tuple[Event, Recommendation]] = {}
+        await self._handle_message(msg, msg.value, triggers, replayed)
+        await self._publish_all(triggers, replayed)
+
+    async def _apply_batch(self, batch: Sequence[Any]) -> None:
         triggers: dict[str, Event] = {}
         replayed: dict[str, tuple[Event, Recommendation]] = {}  # lists of redelivered events (recovery.py)
         for fevent in batch:
@@ -249,10 +336,7 @@ class RecoWorker:
             # messages the consumer skipped (faust can, around a rebalance) come first, each as its own batch,
             # as if it had been delivered (stream/recovery.py)
             for missed in await self.recovery.before(msg.partition, msg.offset):
-                missed_triggers: dict[str, Event] = {}
-                missed_replayed: dict[str, tuple[Event, Recommendation]] = {}
-                await self._handle_message(missed, missed.value, missed_triggers, missed_replayed)
-                await self._publish_all(missed_triggers, missed_replayed)
+                await self._apply_alone(missed)
             value = fevent.value  # None for a tombstone: decode_event says so, instead of "not valid JSON"
             raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
             await self._handle_message(msg, raw, triggers, replayed)
@@ -388,7 +472,9 @@ class RecoWorker:
         try:
             end = await consumer.end_offsets(sorted(consumer.assignment()))
             pending = {tp for tp, off in end.items() if off > 0}
-            if not pending:
+            if pending:
+                self.recommender.catalog.begin_bulk_load()  # one index build at the end, not one per 1000 items
+            else:
                 self._mark_catalog_ready()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.batch_size * 4)
@@ -398,6 +484,7 @@ class RecoWorker:
                 if pending:
                     pending = {tp for tp in pending if await consumer.position(tp) < end[tp]}
                     if not pending:
+                        await self._end_catalog_load()
                         self._mark_catalog_ready()
         finally:
             await consumer.stop()
@@ -416,6 +503,19 @@ class RecoWorker:
             return
         self.recommender.upsert_item(item)
         self.stats.counts["catalog_updates"] += 1
+
+    async def _end_catalog_load(self) -> None:
+        """The initial catalogue read is done: build its search index once, and be ready when it is built.
+
+        The build runs in a thread (annoy releases the GIL while it builds trees), so the event loop keeps
+        heartbeats and fetches going; searches before it finishes would be correct (exact), only slow.
+        """
+        catalog = self.recommender.catalog
+        started = time.monotonic()
+        catalog.end_bulk_load(background=True)
+        while not catalog.wait_for_rebuild(timeout=0):
+            await asyncio.sleep(0.05)
+        log.info("catalog index built (%s) in %.1f s", catalog.index_kind, time.monotonic() - started)
 
     def _mark_catalog_ready(self) -> None:
         self.catalog_ready.set()

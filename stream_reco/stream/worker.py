@@ -20,7 +20,12 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
 
     ensure_topics(settings)
     worker = RecoWorker(settings)
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    runner = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
+    # No progress spinner: at levels >= warn faust sets the root logger to DEBUG to feed it, and every debug
+    # call of faust and aiokafka (one per message sent) then builds a log record: ~4 % of a busy worker's
+    # CPU (py-spy, docs/benchmarks.md). Output is a pipe or a log file anyway, where the spinner draws nothing.
+    runner.spinner = None
+    runner.execute_from_commandline()
 
 
 @click.command("worker")

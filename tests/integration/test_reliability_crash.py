@@ -228,8 +228,8 @@ def test_events_committed_but_never_applied_are_found(unique_settings: Settings,
     """The skip with no next message: faust acknowledges a skipped event, the commit moves past it, and nothing
     later arrives on the partition to reveal the jump. The committed offset running ahead of the worker's
     applied offset does (`StatsRecovery.acknowledged_unseen`): exactly the unapplied events come back, an event
-    the table already holds (a redelivered duplicate) does not, and a committed offset the worker has reached
-    returns nothing."""
+    the table already holds (a redelivered duplicate) does not, a committed offset the worker has reached
+    returns nothing, and a worker that never saw the partition deliver anything still finds the tail."""
     settings = _settings(unique_settings, tmp_path)
     catalog, events_iter = simulate(SHOP_SIZE, seed=SHOP_SEED)
     events = list(events_iter)[:60]
@@ -252,4 +252,11 @@ def test_events_committed_but_never_applied_are_found(unique_settings: Settings,
                                                                    range(applied_below, gap_end) if o != 45]
     assert recovery.next_offset[0] == gap_end and recovery.missed == len(missed)
     assert asyncio.run(recovery.acknowledged_unseen({0: gap_end})) == []  # nothing new committed
-    assert asyncio.run(recovery.acknowledged_unseen({1: 10})) == []  # a partition this worker never applied
+
+    # a worker that got the partition with nothing left to deliver (its previous owner skipped and committed
+    # the tail): the first-sight rebuild runs from the committed offset; everything after the last event the
+    # table holds (45) was never applied
+    fresh = StatsRecovery(settings, recommender, recommender.store)
+    tail = asyncio.run(fresh.acknowledged_unseen({0: gap_end}))
+    assert [m.offset for m in tail] == list(range(46, gap_end))
+    assert fresh.next_offset[0] == gap_end
