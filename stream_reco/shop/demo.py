@@ -250,7 +250,12 @@ def run_demo(base: Settings, size: str, seed: int, rate: float, max_events: int 
 def demo_cmd(state: Any, size: str, seed: int | None, rate: float, max_events: int, show_every: float,
              train_fraction: float) -> None:
     """Run the whole system end to end on a simulated shop and watch the lists arrive."""
+    from stream_reco import broker  # lazy, as in run_demo: `--help` stays quick
+
     settings: Settings = state.settings
-    code = run_demo(settings, size, settings.seed if seed is None else seed, rate, max_events or None,
-                    show_every, train_fraction)
+    try:
+        code = run_demo(settings, size, settings.seed if seed is None else seed, rate, max_events or None,
+                        show_every, train_fraction)
+    except broker.BrokerError as exc:  # a missing tool, a busy port, another broker in the data dir: say so
+        raise click.ClickException(str(exc)) from exc
     sys.exit(code)
