@@ -189,12 +189,7 @@ class StatsRecovery:
                 shadow.observe(record)
             n += record is not None
 
-        fetch_bytes = max(settings.max_message_bytes * 2, 1_048_576)
-        consumer = AIOKafkaConsumer(
-            **settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
-        )
-        tp = TopicPartition(settings.events_topic, partition)
+        consumer, tp = self._partition_reader(partition)
         await consumer.start()
         try:
             consumer.assign([tp])
@@ -288,12 +283,7 @@ class StatsRecovery:
 
     async def _read(self, partition: int, start: int, end: int) -> list[ConsumerRecord]:
         """The messages of `partition` at offsets [start, end)."""
-        fetch_bytes = max(self.settings.max_message_bytes * 2, 1_048_576)
-        consumer = AIOKafkaConsumer(
-            **self.settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
-        )
-        tp = TopicPartition(self.settings.events_topic, partition)
+        consumer, tp = self._partition_reader(partition)
         out: list[ConsumerRecord] = []
         await consumer.start()
         try:
@@ -306,6 +296,15 @@ class StatsRecovery:
         finally:
             await consumer.stop()
         return out
+
+    def _partition_reader(self, partition: int) -> tuple[AIOKafkaConsumer, TopicPartition]:
+        """A group-less consumer (not started) for one events partition, fetching messages up to the size limit."""
+        fetch_bytes = max(self.settings.max_message_bytes * 2, 1_048_576)
+        consumer = AIOKafkaConsumer(
+            **self.settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
+        )
+        return consumer, TopicPartition(self.settings.events_topic, partition)
 
     def _decode(self, raw: bytes | None) -> Event | joins.Control | None:
         """An event or a control record; None for a message the worker rejects."""
