@@ -235,10 +235,12 @@ class RecoWorker:
         self.app.task(self._consume_catalog)
         self.app.timer(settings.model_poll_s)(self._watch_model)
         self.app.timer(STATS_INTERVAL_S)(self._log_stats)
-        #: one step at a time applies events: a batch, or the repair of skipped ones (`_repair_skipped`)
+        #: one step at a time applies events: a batch, or the repair of skipped ones (`_check_events_applied`)
         self.apply_lock = asyncio.Lock()
+        #: set once the agent applies events (after the catalogue wait): delivery checks start then
+        self.applying = False
         if settings.skip_check_s > 0:
-            self.app.timer(settings.skip_check_s)(self._repair_skipped)
+            self.app.timer(settings.skip_check_s)(self._check_events_applied)
         self.stall_watch = StallWatch(settings.recovery_stall_s)
         self.delivery_watch = DeliveryWatch(settings.delivery_stall_s)
         if settings.recovery_stall_s > 0:
@@ -264,9 +266,11 @@ class RecoWorker:
         async with self.apply_lock:
             await self._apply_batch(batch)
 
-    async def _repair_skipped(self) -> None:
-        """Apply events the consumer committed without delivering them (stream/recovery.py)."""
-        if self.app.tables.recovery.in_recovery:  # the table is not whole yet: wait
+    async def _check_events_applied(self) -> None:
+        """Apply events the consumer committed without delivering them, and re-read (or restart) when waiting
+        events stop arriving: faust-streaming can skip or wedge (stream/recovery.py, docs/operations.md)."""
+        if not self.applying or self.app.tables.recovery.in_recovery:  # not applying yet / table not whole
+            self.delivery_watch.reset()
             return
         committed = dict(getattr(self.app.consumer, "_committed_offset", None) or {})  # faust's record of commits
         topic = self.settings.events_topic
@@ -528,6 +532,7 @@ class RecoWorker:
             log.warning("catalog not caught up after %.0f s; processing events anyway", self.settings.catalog_wait_s)
         self.load_model_if_newer()
         print(READY_LINE, flush=True)
+        self.applying = True
 
     # --- model hot swap -------------------------------------------------------------------------------
     def _new_model_path(self) -> Path | None:
