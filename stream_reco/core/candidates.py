@@ -308,7 +308,7 @@ def gather(
     k: int,
     sessions: SessionIndex | None = None,
 ) -> CandidatePool:
-    """All four sources for one visitor, about `n` candidates from each, for a list of `k`."""
+    """Every enabled source for one visitor, about `n` candidates from each, for a list of `k`."""
     pool = CandidatePool()
     if settings.weight_covis > 0:
         covis_candidates(pool, state, covis, n_anchors, n)
