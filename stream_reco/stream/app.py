@@ -229,6 +229,7 @@ class RecoWorker:
         # statistics live only in memory: rebuilt from the events topic per partition (stream/recovery.py)
         self.recovery = StatsRecovery(settings, self.recommender, self.store)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
         self.active_partitions: set[int] = set()
         self.app.agent(self.events_topic, name="stream_reco.process_events")(self._process_events)
@@ -291,13 +292,13 @@ class RecoWorker:
             self.delivery_watch.reset()
             return
         try:
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=DELIVERY_QUERY_TIMEOUT_S)
+            end = await asyncio.wait_for(self.recovery.log_ends([tp.partition for tp in tps]),
+                                         timeout=DELIVERY_QUERY_TIMEOUT_S)
         except Exception as exc:  # a broker hiccup: look again at the next tick
-            log.debug("log end offsets unavailable: %r", exc)
+            log.warning("delivery check: log end offsets unavailable (%r)", exc)
             return
         expected = self.recovery.next_offset
         position = {tp.partition: expected.get(tp.partition, committed.get(tp) or 0) for tp in tps}
-        end = {tp.partition: off for tp, off in ends.items() if off is not None}
         rewind, stuck = self.delivery_watch.check(time.monotonic(), position, end)
         for partition in rewind:
             log.warning("partition %d: no event reached the worker for %.0f s although the log holds offsets %d-%d; "
@@ -571,6 +572,9 @@ class RecoWorker:
 
     async def _log_stats(self) -> None:
         log.info("stats %s", {**self.stats.snapshot(), **self.recovery.snapshot()})
+
+    async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        await self.recovery.close()
 
     async def _on_partitions_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self.recovery.forget({tp.partition for tp in revoked if tp.topic == self.settings.events_topic})

@@ -118,11 +118,13 @@ class StatsRecovery:
         self.rebuild_s = 0.0
         self.replayed = 0
         self.missed = 0
+        self._ends_client: AIOKafkaConsumer | None = None
 
     async def before(self, partition: int, offset: int, delivered: bool = True) -> list[ConsumerRecord]:
         """Call before the message at (`partition`, `offset`) is handled (valid or not).
 
-        Returns earlier messages of the partition that were never applied, to handle first, in order.
+        Returns earlier messages of the partition to handle first, in order: those never applied, and
+        redelivered ones of a recovery region that the consumer jumped over (the shadow applies those).
         `delivered=False`: no message is at hand, `offset` is the committed one (see `acknowledged_unseen`)."""
         expected = self.next_offset.get(partition)
         if expected is None:
@@ -161,6 +163,8 @@ class StatsRecovery:
         """Replay events [0, upto) of `partition` through a shadow (statistics learn those >= counted_below),
         then scan on for the end of the recovery region. Returns the messages before `upto` that were never
         applied (the consumer skipped them), for the worker to apply now."""
+        # a recovery region still open here (a crash's redelivered events) that the consumer then jumped over
+        prev_region_end = self.region_end.get(partition, 0)
         self.forget({partition})
         # upto == 0 (no committed offset: a worker killed before its first commit) still scans for the
         # recovery region: the changelog may hold events that were applied but never committed
@@ -227,12 +231,20 @@ class StatsRecovery:
         held_upto = len(window)  # the window's messages up to the last one the table holds were applied
         while held_upto and not (window[held_upto - 1][1] is not None and self._held(window[held_upto - 1][1])):
             held_upto -= 1
-        for i, (_, record) in enumerate(window):
-            if i >= held_upto:
-                break
-            learn(record)
+        held = [msg for msg, _ in list(window)[:held_upto]]
+        replay: list[ConsumerRecord] = []
+        if held and held[0].offset < prev_region_end:
+            # the jump went over part of a recovery region: events a dead worker applied but never committed,
+            # whose lists may never have gone out. Like every redelivered event of a region, the shadow applies
+            # them (statistics in log order) and the worker republishes their lists; the rest of the held ones
+            # go the same way, so that the order is kept
+            replay = held
+            region_end = max(region_end, held[-1].offset + 1)
+        else:
+            for _, record in list(window)[:held_upto]:
+                learn(record)
         missed = [msg for i, (msg, _) in enumerate(window) if i >= held_upto]
-        if region_end > upto:
+        if region_end > upto or replay:
             self.shadows[partition] = shadow
             self.region_end[partition] = region_end
         elapsed = time.monotonic() - began
@@ -245,9 +257,12 @@ class StatsRecovery:
         if missed:
             log.warning("partition %d: %d messages (offsets %d-%d) were never applied: the consumer skipped them; "
                         "applying them now", partition, len(missed), missed[0].offset, missed[-1].offset)
+        if replay:
+            log.warning("partition %d: the consumer skipped %d redelivered events of the recovery region (offsets "
+                        "%d-%d); replaying them", partition, len(replay), replay[0].offset, replay[-1].offset)
         log.info("partition %d: statistics rebuilt from %d events (offsets < %d, counted from %d) in %.2f s; "
                  "recovery region up to offset %d", partition, n, upto, counted_below, elapsed, region_end)
-        return missed
+        return replay + missed
 
     async def acknowledged_unseen(self, committed: Mapping[int, int]) -> list[ConsumerRecord]:
         """Messages the consumer committed although this worker never applied them: apply these now.
@@ -296,6 +311,22 @@ class StatsRecovery:
         finally:
             await consumer.stop()
         return out
+
+    async def log_ends(self, partitions: list[int]) -> dict[int, int]:
+        """The log end offset of each events partition, asked with this module's own client: faust's consumer
+        may be the thing that is wedged (`DeliveryWatch`), so its thread is not asked."""
+        if self._ends_client is None:
+            client, _ = self._partition_reader(0)
+            await client.start()
+            self._ends_client = client
+        topic = self.settings.events_topic
+        ends = await self._ends_client.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def close(self) -> None:
+        if self._ends_client is not None:
+            await self._ends_client.stop()
+            self._ends_client = None
 
     def _partition_reader(self, partition: int) -> tuple[AIOKafkaConsumer, TopicPartition]:
         """A group-less consumer (not started) for one events partition, fetching messages up to the size limit."""
