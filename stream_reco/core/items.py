@@ -580,7 +580,6 @@ class ItemCatalog:
             return []
         scores = (space.matrix[rows] * query).sum(axis=1, dtype=np.float32)
         ids = space.ids
-        rows_list = rows.tolist()
-        # (-score, id) tuples sort natively (no key function); the row breaks no tie (rows are distinct)
-        ranked = sorted(zip((-scores).tolist(), [ids[r] for r in rows_list], rows_list, strict=True))
-        return [(item_id, -neg) for neg, item_id, _ in ranked[:k]]
+        # (-score, id) tuples sort natively (no key function); ids are distinct, so nothing is left tied
+        ranked = sorted(zip((-scores).tolist(), [ids[r] for r in rows.tolist()], strict=True))
+        return [(item_id, -neg) for neg, item_id in ranked[:k]]
