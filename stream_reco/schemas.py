@@ -1,7 +1,9 @@
 """The validation layer at the edge: contract messages in, typed records or one `InvalidMessage` out.
 
 The JSON Schema files in the repository's `schemas/` folder are the single source of truth for what a valid
-message is; nothing here restates a rule by hand. They are read once (lazily, on first use, or eagerly with
+message is; nothing here restates a rule by hand (a built wheel carries that same folder as the package data
+`stream_reco/_schemas`, mapped there at build time by pyproject.toml, so git holds one copy; `schema_dir()`
+says which copy a process uses). They are read once (lazily, on first use, or eagerly with
 `load_schemas()` at worker start so that a broken install fails before it consumes anything), each is checked
 as a draft 2020-12 schema with jsonschema, the reference implementation, and then compiled with fastjsonschema,
 which turns a schema into plain Python code and is an order of magnitude cheaper per message on the hot path
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.resources
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -59,7 +62,10 @@ KINDS: Final[tuple[str, ...]] = ("event", "item", "recommendation", "dead_letter
 """The message kinds; kind `k` is described by `schemas/<k>.schema.json`."""
 
 SCHEMA_DIR_ENV: Final = "STREAM_RECO_SCHEMA_DIR"
-"""Environment variable naming the schema folder, for installed layouts where `../schemas` does not exist."""
+"""Environment variable naming the schema folder: overrides both the installed copy and the checkout's."""
+
+PACKAGED_SCHEMA_DIR: Final = "_schemas"
+"""Folder inside the installed `stream_reco` package where a wheel carries the schemas (see pyproject.toml)."""
 
 DRAFT_2020_12: Final = "https://json-schema.org/draft/2020-12/schema"
 
@@ -144,10 +150,23 @@ _registry: _Registry | None = None
 
 
 def schema_dir() -> Path:
-    """The folder the schemas are read from: `$STREAM_RECO_SCHEMA_DIR`, else `schemas/` beside the package."""
+    """The folder the schemas are read from, first match wins:
+
+    1. `$STREAM_RECO_SCHEMA_DIR`, so a deployment can pin or patch the contract without rebuilding;
+    2. the copy inside the installed package (a wheel install), found with importlib.resources. It comes
+       before the checkout's folder because an installed package sits in site-packages, where a `schemas/`
+       folder beside it would belong to some other distribution;
+    3. the repository's `schemas/` beside the package (a source checkout or an editable install), so an
+       edited schema takes effect without reinstalling. Returned even when missing, so the load error
+       names the path it looked at.
+    """
     override = os.environ.get(SCHEMA_DIR_ENV)
     if override:
         return Path(override).expanduser().resolve()
+    packaged = importlib.resources.files("stream_reco") / PACKAGED_SCHEMA_DIR
+    # a Path for any unpacked install; a zip import would give a Traversable, which _load cannot read
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged.resolve()
     return Path(__file__).resolve().parent.parent / "schemas"
 
 

@@ -11,13 +11,16 @@ import logging
 
 import click
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from stream_reco.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # the latest list per visitor is what matters: compaction keeps exactly that
+CREATE_ATTEMPTS = 5  # a retriable creation error is tried this often
+CREATE_RETRY_S = 1.0  # ... waiting this much longer each time
+
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
 
 
@@ -43,16 +46,37 @@ async def ensure_topics_async(settings: Settings, extra: list[NewTopic] | None =
         wanted = [t for t in [*topic_specs(settings), *(extra or [])] if t.name not in existing]
         created = []
         for topic in wanted:
-            try:
-                await admin.create_topics([topic])
+            if await _create(admin, topic):
                 created.append(topic.name)
-            except TopicAlreadyExistsError:  # another worker won the race: fine
-                pass
         if created:
             log.info("created topics %s", created)
         return created
     finally:
         await admin.close()
+
+
+async def _create(admin: AIOKafkaAdminClient, topic: NewTopic) -> bool:
+    """Create one topic; False when it exists already (another worker won the race).
+
+    aiokafka returns the broker's per-topic error codes instead of raising them, so they are read here:
+    a failed creation would otherwise pass unnoticed until a producer met a missing topic. A retriable
+    error (a freshly started broker answering "timed out") is retried a few times.
+    """
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            response = await admin.create_topics([topic])
+        except TopicAlreadyExistsError:  # older aiokafka versions raise it
+            return False
+        code = next((err[1] for err in response.topic_errors if err[0] == topic.name), 0)
+        if code == 0:
+            return True
+        error = for_code(code)
+        if error is TopicAlreadyExistsError:
+            return False
+        if not error.retriable or attempt == CREATE_ATTEMPTS - 1:
+            raise KafkaError(f"creating topic {topic.name!r} failed: {error.__name__} (code {code})")
+        await asyncio.sleep(CREATE_RETRY_S * (attempt + 1))
+    return False
 
 
 def ensure_topics(settings: Settings) -> list[str]:

@@ -3,7 +3,7 @@
 The lifecycle test runs its OWN broker (free ports, a tmp data dir), never the shared one on 9092 that other
 integration tests use, and stops it even when an assertion fails. One broker start covers every check
 (start, status, idempotent start, plaintext and SASL round trips, stop), because a start costs ~5-10 s of the
-two shared cores.
+two shared cores; one restart on the kept data checks that a restart, too, is ready within 30 s.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,9 @@ from stream_reco.settings import Settings
 SASL_USER = "reco-test"
 SASL_PASSWORD = "not-a-real-secret"
 ROUND_TRIP_TIMEOUT_S = 30.0
+# issue 2: "ready in under 30 s". broker.READY_TIMEOUT_S is only how long a start may wait before giving up
+# (generous for loaded machines); this is the promise a start is held to.
+READY_WITHIN_S = 30.0
 
 
 # Below Linux's ephemeral range (32768+), so no outgoing client connection can grab a port between the moment
@@ -221,10 +225,14 @@ def _our_processes(settings: Settings) -> list[psutil.Process]:
 def test_broker_lifecycle(own_broker: Settings) -> None:
     settings = own_broker
     ports = (settings.broker_port, settings.controller_port, settings.broker_sasl_port)
+    broker.fetch(settings)  # resolving the jars (Maven) is a one-off download step, not part of being ready
 
+    began = time.monotonic()
     result = _invoke(settings, "start")
+    first_start_s = time.monotonic() - began
     assert result.exit_code == EXIT_OK, result.output
     assert "ready on" in result.output
+    assert first_start_s < READY_WITHIN_S, f"first start took {first_start_s:.1f} s"
 
     result = _invoke(settings, "status")
     assert result.exit_code == EXIT_OK, result.output
@@ -253,3 +261,12 @@ def test_broker_lifecycle(own_broker: Settings) -> None:
     result = _invoke(settings, "status")
     assert result.exit_code == EXIT_BROKER_NOT_READY, result.output
     assert not broker.is_ready(settings, timeout_s=1.0)
+
+    # a restart on the kept data dir (no format, but log recovery) is held to the same promise
+    began = time.monotonic()
+    pid = broker.start(settings)
+    restart_s = time.monotonic() - began
+    assert restart_s < READY_WITHIN_S, f"restart took {restart_s:.1f} s"
+    assert pid != info.pid and broker.status(settings).ready
+    broker.stop(settings)
+    assert _our_processes(settings) == []

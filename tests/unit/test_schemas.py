@@ -13,8 +13,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,8 @@ from stream_reco import schemas
 from stream_reco.core.events import EVENT_TYPES, CatalogItem, Event, Recommendation, RecommendedItem
 from stream_reco.schemas import InvalidMessage, SchemaLoadError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_DIR = ROOT / "schemas"
 EXAMPLES = SCHEMA_DIR / "examples"
 T = 1_764_150_000_000
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -719,13 +725,83 @@ def schema_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_default_schema_dir_is_beside_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source checkout or editable install has no stream_reco/_schemas: the repository's folder is used,
+    so an edited schema counts without reinstalling."""
     monkeypatch.delenv(schemas.SCHEMA_DIR_ENV, raising=False)
+    assert not (ROOT / "stream_reco" / schemas.PACKAGED_SCHEMA_DIR).exists()
     assert schemas.schema_dir() == SCHEMA_DIR
 
 
 def test_schema_dir_override(schema_copy: Path) -> None:
     assert schemas.load_schemas() == schema_copy.resolve()
     assert schemas.decode_event(orjson.dumps(EVENT)).event_id == "e-1"
+
+
+# --- packaging: a wheel carries the schemas, and an installed package finds them --------------------------
+
+PACKAGED = f"stream_reco.{schemas.PACKAGED_SCHEMA_DIR}"
+SUBPROCESS_TIMEOUT_S = 60
+
+
+def test_wheel_config_lists_every_package_and_maps_the_schema_folder() -> None:
+    """pyproject.toml lists packages by hand (discovery cannot coexist with the schema mapping), so a new
+    package folder left off the list would silently be missing from the wheel."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_root = ROOT / "stream_reco"
+    on_disk = {"stream_reco"} | {
+        "stream_reco." + ".".join(d.relative_to(package_root).parts)
+        for d in package_root.rglob("*")
+        if d.is_dir() and "__pycache__" not in d.parts
+    }
+    assert set(tool["packages"]) == on_disk | {PACKAGED}
+    assert ROOT / tool["package-dir"][PACKAGED] == SCHEMA_DIR
+    shipped = {f.name for f in SCHEMA_DIR.iterdir() if any(fnmatch(f.name, g) for g in tool["package-data"][PACKAGED])}
+    assert shipped == {f"{kind}.schema.json" for kind in schemas.KINDS}
+
+
+_INSTALLED_PROBE = """
+import json, os, sys
+from stream_reco import schemas
+found = {"module": schemas.__file__, "default": str(schemas.schema_dir())}
+os.environ[schemas.SCHEMA_DIR_ENV] = sys.argv[1]
+found["override"] = str(schemas.schema_dir())
+del os.environ[schemas.SCHEMA_DIR_ENV]
+found["event_id"] = schemas.decode_event(sys.argv[2].encode()).event_id
+try:
+    schemas.decode_event(sys.argv[3].encode())
+except schemas.InvalidMessage as err:
+    found["rejected_field"] = err.field
+print(json.dumps(found))
+"""
+
+
+def test_installed_package_reads_its_packaged_schemas(tmp_path: Path) -> None:
+    """The layout a wheel installs (stream_reco/_schemas inside site-packages), run from outside the checkout:
+    the packaged copy is used, not a `schemas/` folder that another distribution put beside it, and the
+    environment override still wins."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "stream_reco", site / "stream_reco", ignore=shutil.ignore_patterns("__pycache__"))
+    packaged = site / "stream_reco" / schemas.PACKAGED_SCHEMA_DIR
+    packaged.mkdir()
+    for kind in schemas.KINDS:
+        shutil.copy(SCHEMA_DIR / f"{kind}.schema.json", packaged)
+    (site / "schemas").mkdir()  # a decoy: loading from here would fail
+    (site / "schemas" / "event.schema.json").write_text("not json")
+    override = tmp_path / "pinned"
+    env = {k: v for k, v in os.environ.items() if k != schemas.SCHEMA_DIR_ENV} | {"PYTHONPATH": str(site)}
+    valid = orjson.dumps(EVENT).decode()
+    invalid = orjson.dumps({**EVENT, "context": {"quantity": 0}}).decode()
+    proc = subprocess.run([sys.executable, "-c", _INSTALLED_PROBE, str(override), valid, invalid], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found == {
+        "module": str(site / "stream_reco" / "schemas.py"),
+        "default": str(packaged.resolve()),
+        "override": str(override.resolve()),
+        "event_id": EVENT["event_id"],
+        "rejected_field": "context.quantity",
+    }
 
 
 def test_missing_schema_dir(schema_copy: Path) -> None:
