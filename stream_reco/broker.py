@@ -704,6 +704,15 @@ def _bootstrap_is_local(settings: Settings) -> bool:
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started here: kept so stop() reaps them (no zombies)
 
 
+def launched_pids() -> frozenset[int]:
+    """Broker processes this Python process started and has not stopped yet.
+
+    A caller that must stop only a broker it started itself (the demo, on Ctrl-C during `ensure_running`)
+    compares this before and after the call: an interrupted start leaves no other trace.
+    """
+    return frozenset(_CHILDREN)
+
+
 def _wait_ready(settings: Settings, paths: BrokerPaths, pid: int, deadline: float,
                 since: dict[Path, int] | None = None) -> None:
     """Poll until the broker answers; raise with the log's tail if it dies or the deadline passes."""

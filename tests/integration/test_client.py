@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -171,3 +172,65 @@ def test_kcat_produces_contract_events(unique_settings: Settings) -> None:
     partitions = list(range(s.partitions))
     for r in records:
         assert r.partition == DefaultPartitioner()(r.key, partitions, partitions), r.key
+
+
+KCAT_CATALOG = [
+    {"item_id": f"{kind}-{i}", "title": f"{path[-1]} model {i}", "category": path, "price": 20.0 + i,
+     "in_stock": True}
+    for kind, path in {"mixer": ["Kitchen", "Appliances", "Stand mixers"],
+                       "sofa": ["Furniture", "Living room", "Sofas"]}.items()
+    for i in range(6)
+]
+LIST_TIMEOUT_S = 60.0
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed (apt-get install -y kcat)")
+def test_kcat_events_are_acted_on_by_a_worker(unique_settings: Settings, tmp_path: Path) -> None:
+    """Accepted *and acted on*: events produced by kcat, exactly as docs/producing.md shows, make a running
+    worker publish a list for each of them (trigger_event_id = the kcat event's id), with reasons, and none of
+    them is dead-lettered."""
+    from .harness import TopicReader, WorkerProcess, send_items
+
+    s = unique_settings.replace(data_dir=str(tmp_path), web_port=0)
+    asyncio.run(ensure_topics_async(s))
+    send_items(s, KCAT_CATALOG)
+    worker = WorkerProcess(s, name="kcat worker")
+    try:
+        worker.wait_ready()
+        # two rounds, each waited for: the worker publishes one list per visitor and batch (a burst of one
+        # visitor's events yields a single list), and every kcat event here should have a list of its own
+        rounds = [
+            [ev(11, user_id="u-kcat", session_id="s-kcat-1", item_id="mixer-1",
+                context={"page_category": "Kitchen/Appliances/Stand mixers"}),
+             ev(12, session_id="s-kcat-anon", item_id="sofa-2",
+                context={"page_category": "Furniture/Living room/Sofas"})],
+            [ev(13, user_id="u-kcat", session_id="s-kcat-1", item_id="mixer-3")],
+        ]
+        reader = TopicReader(s, s.recommendations_topic)
+
+        def triggered(visitor: str) -> set[str]:
+            return {d["trigger_event_id"] for d in reader.lists_for(visitor)}
+
+        for docs in rounds:
+            keys = [(d.get("user_id") or d["session_id"]).encode() for d in docs]
+            lines = b"".join(k + b"|" + orjson.dumps(d) + b"\n" for k, d in zip(keys, docs, strict=True))
+            subprocess.run(["kcat", "-b", s.bootstrap, "-t", s.events_topic, "-P", "-K", "|",
+                            "-X", "partitioner=murmur2_random"], input=lines, check=True, timeout=KCAT_TIMEOUT_S)
+            wanted = {d["event_id"]: k.decode() for d, k in zip(docs, keys, strict=True)}
+            reader.wait_for(lambda _, w=wanted: all(e in triggered(v) for e, v in w.items()),
+                            timeout=LIST_TIMEOUT_S)
+            for event_id, visitor in wanted.items():
+                lists = [d for d in reader.lists_for(visitor) if d["trigger_event_id"] == event_id]
+                assert lists, f"no list for kcat event {event_id} of {visitor}; worker said:\n{worker.output()}"
+                items = lists[-1]["items"]
+                assert items, lists[-1]
+                assert all(i["reason"] for i in items), items
+                assert {i["item_id"] for i in items} <= {i["item_id"] for i in KCAT_CATALOG}
+        assert triggered("u-kcat") == {"e-11", "e-13"}
+        assert triggered("s-kcat-anon") == {"e-12"}
+        assert reader.lists_for("u-kcat")[-1]["user_id"] == "u-kcat"
+        assert reader.lists_for("s-kcat-anon")[-1]["session_id"] == "s-kcat-anon"
+        assert asyncio.run(total_messages(s, s.dead_letter_topic)) == 0
+    finally:
+        worker.stop()
+    assert not worker.crashed(), worker.output()
