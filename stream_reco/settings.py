@@ -126,7 +126,7 @@ class Settings:
 
     # --- index ---
     exact_index_max_items: int = _doc(
-        30_000, "below this catalogue size exact search is used (bench/ann.py: annoy is 2x faster from ~30k)"
+        30_000, "below this catalogue size exact search is used (bench/ann.py: annoy wins from ~30k, 4x at 100k)"
     )
     annoy_n_trees: int = _doc(20, "annoy trees (bench/ann.py: 20 gives the fastest recall >= 0.95)")
     annoy_search_k: int = _doc(2000, "annoy search_k per query (recall >= 0.95 to ~100k items; ~8000 at 1M)")

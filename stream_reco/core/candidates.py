@@ -14,6 +14,10 @@
   people come back to what they just looked at). The `viewed_penalty` rule still down-weights them, and
   the "novel" question (`exclude_interacted`) drops them with every other seen item.
 
+When the rules leave a list short, the recommender widens these sources step by step and, as a last
+resort, sweeps the catalogue (`catalogue_candidates`), so a list is full whenever enough eligible items
+exist.
+
 Each source's scores are scaled to [0, 1] by that source's best candidate, so the blend weights
 (`weight_ann`, `weight_covis`, `weight_popular`, `weight_recent`, `weight_sknn`) compare like with like.
 Every candidate remembers the evidence of its strongest source, which `explain` turns into a sentence.
@@ -22,7 +26,7 @@ Every candidate remembers the evidence of its strongest source, which `explain` 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -128,10 +132,11 @@ def ann_candidates(
     exclude: Sequence[str],
     settings: Settings,
     min_per_query: int = 1,
-) -> None:
+) -> int:
     """Neighbours of the session vector and of each live interest, one batched search.
 
     The `n` slots are shared by the queries (at least `min_per_query` each, usually the list size).
+    Returns the number of queries, so a caller widening the search knows when there is nothing to widen.
     """
     queries: list[np.ndarray] = []
     weights: list[float] = []
@@ -151,7 +156,7 @@ def ann_candidates(
                 weights.append(share)
                 tags.append(idx)
     if not queries:
-        return
+        return 0
     per_query = max(min_per_query, n // len(queries))  # the budget is shared, so more interests cost no more
     results = catalog.search_many(np.stack(queries).astype(np.float32), per_query, exclude=exclude)
     for qw, tag, hits in zip(weights, tags, results, strict=True):
@@ -164,6 +169,7 @@ def ann_candidates(
                 pool._add(item)
                 pool.ann[item] = s
                 pool.ann_query[item] = tag
+    return len(queries)
 
 
 def covis_anchors(state: VisitorState, n: int) -> list[tuple[str, float]]:
@@ -292,6 +298,44 @@ def popular_candidates(
                 pool._add(item)
                 pool.popular[item] = v
                 pool.popular_category[item] = cat
+
+
+def catalogue_candidates(
+    pool: CandidatePool,
+    catalog: ItemCatalog,
+    popularity: Popularity,
+    now_ms: int,
+    exclude: Sequence[str],
+    n: int,
+    multipliers: Callable[[list[str]], np.ndarray],
+) -> int:
+    """The best `n` recommendable items that are not candidates yet, by shop-wide popularity: the last resort.
+
+    Bounded sources (capped best-seller lists, a few ANN neighbours per query) can all land in suppressed,
+    out-of-scope or sold-out items; only a sweep of the catalogue can promise a full list whenever enough
+    eligible items exist. `multipliers` (the rules' verdict on a list of ids, 0 = removed) is asked once
+    for the whole sweep, and only the best `n` survivors by popularity times multiplier (ties by id, as
+    the final ordering) join the pool, so it grows by at most `n` however large the catalogue. Items with
+    shop-wide popularity score as shop-wide best-sellers; the rest join with no source score, so they rank
+    below those and among themselves by id. It costs O(catalogue), so the recommender reaches for it only
+    when every other source has left the list short. Returns the number of items added.
+    """
+    skip = set(exclude)
+    ids = [it.item_id for it in catalog.items() if it.recommendable and it.item_id not in pool.index
+           and it.item_id not in skip]
+    if not ids or n <= 0:
+        return 0
+    mult = multipliers(ids)
+    survivors = [(i, float(m), popularity.score(i, now_ms)) for i, m in zip(ids, mult.tolist(), strict=True) if m > 0]
+    chosen = heapq.nsmallest(n, survivors, key=lambda x: (-x[1] * x[2], x[0]))
+    top = popularity.top(GLOBAL, 1, now_ms)
+    best = top[0][1] if top else 0.0
+    for i, _, score in chosen:
+        pool._add(i)
+        if score > 0 and best > 0:
+            pool.popular[i] = GLOBAL_POPULAR_WEIGHT * min(score / best, 1.0)
+            pool.popular_category[i] = GLOBAL
+    return len(chosen)
 
 
 def gather(

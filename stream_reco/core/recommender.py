@@ -14,6 +14,7 @@ worker. Shop-wide statistics (co-visitation, popularity) live in this object.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -26,14 +27,16 @@ from stream_reco.core.candidates import (
     SOURCE_RECENT,
     SOURCE_SKNN,
     CandidatePool,
+    ann_candidates,
     blend,
+    catalogue_candidates,
     gather,
     popular_candidates,
 )
 from stream_reco.core.events import CatalogItem, Event, Recommendation, RecommendedItem
 from stream_reco.core.rank import mmr, stable_order
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
-from stream_reco.core.state import POSITIVE_CODES, VisitorState, event_weight, leaf_of
+from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight, leaf_of
 from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
 
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
 #: MMR re-ranks the best `MMR_POOL_FACTOR * k` candidates after the rules (enough room to diversify,
 #: small enough that re-ranking stays cheap)
 MMR_POOL_FACTOR = 3
+#: a list left short by the rules widens the embedding neighbours this many times, each time by this
+#: factor, before sweeping the catalogue (a few cheap searches usually fill it; the sweep is O(catalogue))
+ANN_WIDEN_STEPS = 4
+ANN_WIDEN_GROWTH = 2
 #: a co-visit between the new item and one `d` events back weighs d ** -COVIS_DISTANCE_POWER
 COVIS_DISTANCE_POWER = 1.0
 #: weight of "viewed before" relative to "viewed after" in co-visitation (1: symmetric)
@@ -160,14 +167,29 @@ class Recommender:
         counted = self.priors_until is not None and event.timestamp <= self.priors_until
         if event.event_type != "dismiss" and not counted:
             self._learn_stats(state, event, category or event.page_category)
+        consumable = event.event_type == "purchase" and item is not None and item.repurchasable and bool(category)
+        suppressions = dict(state.purchase_categories) if consumable else None
         state.apply(event, self.settings, vector=vector, category=category)
+        if suppressions is not None:
+            self._keep_suppressions(state, suppressions)
         if event.event_type != "dismiss" and self.settings.weight_sknn > 0:
             self.sessions.add(key, state.session_start, event.item_id)
-        if event.event_type == "purchase" and item is not None and item.repurchasable and category:
-            state.purchase_categories.pop(category, None)  # a consumable's category stays open
         self.store.put(key, state)
         self.n_observed += 1
         return True
+
+    def _keep_suppressions(self, state: VisitorState, before: dict[str, int]) -> None:
+        """Undo what a consumable's purchase did to the category suppressions, and only that.
+
+        `VisitorState.apply` marks the category of every purchase; a repurchasable item's category must
+        stay open, so its mark goes. Popping the category would also end a suppression that an earlier
+        purchase of a non-repurchasable item there started (and inserting the mark may have evicted
+        another category at `owned_cap`), so the suppressions from before the event are restored
+        instead: same categories, same start times, less those whose window the event's time has closed.
+        """
+        window = self.settings.purchase_suppress_days * MS_PER_DAY
+        state.purchase_categories.clear()
+        state.purchase_categories.update((c, t) for c, t in before.items() if state.last_seen - t < window)
 
     def _learn_stats(self, state: VisitorState, event: Event, category: str | None) -> None:
         """Co-visit the item with the visitor's recent items (closer in time counts more); count it."""
@@ -203,7 +225,8 @@ class Recommender:
 
         `page_category` scopes the list to that category and its siblings (and seeds cold start);
         without it, lists are scoped to the visitor's current page only when `scope_to_page_category`
-        is set. `exclude_interacted` drops every item the visitor interacted with before.
+        is set. `exclude_interacted` drops every item the visitor interacted with before. The list is
+        shorter than `k` only when fewer than `k` catalogue items pass the rules (see `_widen`).
         """
         s = self.settings
         k = s.list_size if k is None else int(k)
@@ -215,12 +238,16 @@ class Recommender:
             scope = state.page_category
         ctx = RuleContext(s, self.catalog, state, now_ms, page_category=scope, exclude_interacted=exclude_interacted)
         n = max(k, s.overfetch * k)
-        pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, excluded_ids(ctx),
+        exclude = excluded_ids(ctx)
+        pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, exclude,
                       page_category, s, s.covis_anchor_items, k, sessions=self.sessions)
         ids, scores, sources = self._score(pool, ctx, k, n)
-        if len(ids) < k:  # filtering left too few: widen the shop-wide best-sellers once
-            popular_candidates(pool, state, self.popularity, now_ms, scope, POPULAR_TOP_CAP, s)
-            ids, scores, sources = self._score(pool, ctx, k, n)
+        if len(ids) < k:  # filtering left too few: widen the candidates until the list is full
+            verdicts: dict[str, float] = {}  # the rules' multiplier per candidate, kept across re-scores
+            for _ in self._widen(pool, ctx, scope, exclude, k, n, verdicts):
+                ids, scores, sources = self._score(pool, ctx, k, n, verdicts)
+                if len(ids) >= k:
+                    break
         if not ids:
             return []
         pool_size = MMR_POOL_FACTOR * k
@@ -231,14 +258,65 @@ class Recommender:
             RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
         ]
 
+    def _widen(
+        self,
+        pool: CandidatePool,
+        ctx: RuleContext,
+        scope: str | None,
+        exclude: Sequence[str],
+        k: int,
+        n: int,
+        verdicts: dict[str, float],
+    ) -> Iterator[None]:
+        """Add fallback candidates to `pool` one step at a time (the caller re-scores after each step).
+
+        Only reached when the rules left the list short, so full lists cost nothing extra. Cheapest and
+        most relevant first: the best-sellers shared by weight (the first step, as it always was, so the
+        lists it fills are unchanged), then every best-seller list in full (a suppressed page or session
+        category no longer takes the shop-wide list's slots), then embedding neighbours with a doubling
+        budget, and last the catalogue sweep, after which every eligible item is a candidate or ranks below
+        `MMR_POOL_FACTOR * k` eligible ones that are.
+        """
+        s, state, now_ms = self.settings, ctx.state, ctx.now_ms
+        popular_candidates(pool, state, self.popularity, now_ms, scope, POPULAR_TOP_CAP, s)
+        yield
+        cap = self.popularity.top_cap
+        popular_candidates(pool, state, self.popularity, now_ms, scope, cap, s, min_per_category=cap)
+        yield
+        if s.weight_ann > 0:
+            budget = n
+            for _ in range(ANN_WIDEN_STEPS):
+                budget = min(ANN_WIDEN_GROWTH * budget, len(self.catalog))
+                if not ann_candidates(pool, state, self.catalog, now_ms, budget, exclude, s, min_per_query=budget):
+                    break
+                yield
+                if budget >= len(self.catalog):
+                    break
+        catalogue_candidates(pool, self.catalog, self.popularity, now_ms, exclude, MMR_POOL_FACTOR * k,
+                             lambda ids: self._multipliers(ctx, ids, verdicts))
+        yield
+
+    def _multipliers(self, ctx: RuleContext, ids: list[str], verdicts: dict[str, float] | None) -> np.ndarray:
+        """The rules' multiplier per id; with `verdicts`, each id is judged once per list.
+
+        A rule's answer for an item depends only on the item and the context, so the widening steps of a
+        short list, which re-score a growing pool, need not judge the same candidates again.
+        """
+        if verdicts is None:
+            return apply_rules(self.rules, ctx, Batch.of(ids, self.catalog))
+        new = [i for i in ids if i not in verdicts]
+        if new:
+            verdicts.update(zip(new, apply_rules(self.rules, ctx, Batch.of(new, self.catalog)).tolist(), strict=True))
+        return np.fromiter((verdicts[i] for i in ids), dtype=np.float64, count=len(ids))
+
     def _score(
-        self, pool: CandidatePool, ctx: RuleContext, k: int, n: int
+        self, pool: CandidatePool, ctx: RuleContext, k: int, n: int, verdicts: dict[str, float] | None = None
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Blend the sources, then apply the rules best-first in chunks of `n` until `k` survive.
 
         Returns the survivors in canonical order (score, then id) with their scores and strongest source.
         Rules re-weight scores, so survivors of a chunk are re-sorted; chunks keep the cost of the rules
-        proportional to the list, not to the number of candidates.
+        proportional to the list, not to the number of candidates. `verdicts`: see `_multipliers`.
         """
         if not pool.ids:
             return [], np.zeros(0), np.zeros(0, dtype=np.int64)
@@ -250,7 +328,7 @@ class Recommender:
         for start in range(0, len(order), n):
             chunk = order[start : start + n]
             ids = [pool.ids[i] for i in chunk]
-            mult = apply_rules(self.rules, ctx, Batch.of(ids, self.catalog))
+            mult = self._multipliers(ctx, ids, verdicts)
             keep = np.flatnonzero(mult > 0)
             kept_ids.extend(ids[i] for i in keep)
             kept_scores.append((blended[chunk] * mult)[keep])

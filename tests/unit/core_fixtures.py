@@ -41,9 +41,20 @@ def item_id(leaf: int, n: int) -> str:
     return f"i{leaf}-{n:02d}"
 
 
-def make_settings(**overrides: object) -> Settings:
-    """Default settings at the fixtures' vector dimension (plus any overrides)."""
-    return Settings(embedding_dim=DIM).replace(**overrides)
+#: the search indexes the behavioural suite runs on. The shop is far below the measured exact/annoy
+#: crossover, so "annoy" forces it: with `exact_index_max_items=0` every non-empty catalogue gets an
+#: annoy snapshot when a model loads (`ItemCatalog.load_model`, `ItemCatalog.rebuild`)
+EXACT, ANNOY = "exact", "annoy"
+INDEX_KINDS = (EXACT, ANNOY)
+FORCE_ANNOY = {"exact_index_max_items": 0}
+
+
+def make_settings(index: str = EXACT, **overrides: object) -> Settings:
+    """Default settings at the fixtures' vector dimension for the given index kind (plus any overrides)."""
+    if index not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {index!r}")
+    forced = FORCE_ANNOY if index == ANNOY else {}
+    return Settings(embedding_dim=DIM).replace(**{**forced, **overrides})
 
 
 def make_items(seed: int = 7) -> list[CatalogItem]:
@@ -82,13 +93,17 @@ def make_artifact(items: Iterable[CatalogItem] | None = None, seed: int = 7, ver
 
 
 def make_catalog(settings: Settings | None = None, artifact: ModelArtifact | None = None) -> ItemCatalog:
-    """The real `ItemCatalog`, loaded with the fixture artifact and its items."""
+    """The real `ItemCatalog`, loaded with the fixture artifact and its items.
+
+    An annoy snapshot is built before this returns (not in the background), so a test never races the
+    build and runs on the index its settings ask for from the first query.
+    """
     settings = settings or make_settings()
     catalog = ItemCatalog(settings)
     artifact = artifact or make_artifact()
     for it in artifact.catalog:
         catalog.upsert(it)
-    catalog.load_model(artifact)
+    catalog.load_model(artifact, background=False)
     return catalog
 
 
