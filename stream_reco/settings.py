@@ -103,6 +103,9 @@ class Settings:
         0.9, "relevance vs diversity trade-off of MMR re-ranking (1 = relevance only; 0.9 costs ~2-4% HR@20)"
     )
     mmr_keep_top: int = _doc(3, "list slots filled by relevance alone before MMR diversifies the rest")
+    max_category_share: float = _doc(
+        0.4, "most of a list one leaf category may fill (0.4: 4 of 10; rounded down, at least 1); 0 = no cap"
+    )
     overfetch: int = _doc(5, "candidates fetched per list slot, so filtering still fills the list")
     popularity_half_life_h: float = _doc(168.0, "half-life of category popularity, hours")
     covis_window: int = _doc(10, "recent events of a visitor that count as co-visited")
@@ -258,6 +261,8 @@ class Settings:
             raise SettingsError("embedding_dim must be >= 2")
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise SettingsError("mmr_lambda must be within [0, 1]")
+        if not 0.0 <= self.max_category_share <= 1.0:
+            raise SettingsError("max_category_share must be within [0, 1]")
         if self.max_interests < 1:
             raise SettingsError("max_interests must be >= 1")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stream_reco.core.events import CATEGORY_SEP
 from stream_reco.core.state import CODE_TYPES, MIN_NORM, POSITIVE_CODES, VisitorState, event_weight
 from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
@@ -39,8 +40,11 @@ from stream_reco.settings import Settings
 if TYPE_CHECKING:
     from stream_reco.core.items import ItemCatalog
 
-SOURCE_ANN, SOURCE_COVIS, SOURCE_POPULAR, SOURCE_RECENT, SOURCE_SKNN = 0, 1, 2, 3, 4
-N_SOURCES = 5
+SOURCE_ANN, SOURCE_COVIS, SOURCE_POPULAR, SOURCE_RECENT, SOURCE_SKNN, SOURCE_FILL = 0, 1, 2, 3, 4, 5
+N_SOURCES = 6
+#: blend weight of the catalogue sweep's fill (items nobody bought yet, nearest the visitor's category
+#: first): far below every real signal, so a fill item only ever takes a slot no signal could fill
+FILL_WEIGHT = 1e-4
 SESSION_QUERY = -1  # ann evidence: the item came from the session query (>= 0: that interest's index)
 
 #: the session vector weighs its items by recency: the weight halves every this many items back
@@ -78,6 +82,7 @@ class CandidatePool:
     popular_category: dict[str, str] = field(default_factory=dict)  # item -> category path (GLOBAL: shop)
     recent: dict[str, float] = field(default_factory=dict)  # item -> recency score of the visitor's own item
     sknn: dict[str, float] = field(default_factory=dict)  # item -> summed similarity of neighbour sessions
+    fill: dict[str, float] = field(default_factory=dict)  # item -> closeness of its category to the visitor's
 
     def _add(self, item: str) -> None:
         if item not in self.index:
@@ -94,7 +99,7 @@ class CandidatePool:
         """[n, N_SOURCES] scores per source, each source scaled to [0, 1] by its best candidate."""
         m = np.zeros((len(self.ids), N_SOURCES), dtype=np.float64)
         for col, src in ((SOURCE_ANN, self.ann), (SOURCE_COVIS, self.covis), (SOURCE_POPULAR, self.popular),
-                         (SOURCE_RECENT, self.recent), (SOURCE_SKNN, self.sknn)):
+                         (SOURCE_RECENT, self.recent), (SOURCE_SKNN, self.sknn), (SOURCE_FILL, self.fill)):
             if not src:
                 continue
             rows = np.fromiter((self.index[i] for i in src), dtype=np.int64, count=len(src))
@@ -308,6 +313,7 @@ def catalogue_candidates(
     exclude: Sequence[str],
     n: int,
     multipliers: Callable[[list[str]], np.ndarray],
+    context: str | None = None,
 ) -> int:
     """The best `n` recommendable items that are not candidates yet, by shop-wide popularity: the last resort.
 
@@ -319,6 +325,11 @@ def catalogue_candidates(
     shop-wide popularity score as shop-wide best-sellers; the rest join with no source score, so they rank
     below those and among themselves by id. It costs O(catalogue), so the recommender reaches for it only
     when every other source has left the list short. Returns the number of items added.
+
+    Items nobody bought yet are ordered by how much of the `context` category path (the page's, or the
+    session's main category) they share, so a cold visitor on the stand mixers page is offered the other
+    stand mixers, then other appliances, before anything else; they are marked as fill (`pool.fill`,
+    explained as "More in ...").
     """
     skip = set(exclude)
     ids = [it.item_id for it in catalog.items() if it.recommendable and it.item_id not in pool.index
@@ -326,15 +337,30 @@ def catalogue_candidates(
     if not ids or n <= 0:
         return 0
     mult = multipliers(ids)
-    survivors = [(i, float(m), popularity.score(i, now_ms)) for i, m in zip(ids, mult.tolist(), strict=True) if m > 0]
-    chosen = heapq.nsmallest(n, survivors, key=lambda x: (-x[1] * x[2], x[0]))
+    want = context.split(CATEGORY_SEP) if context else []
+
+    def closeness(item_id: str) -> float:
+        if not want:
+            return 0.0
+        shared = 0
+        for a, b in zip(catalog.category_of(item_id), want, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return shared / len(want)
+
+    survivors = [(i, float(m), popularity.score(i, now_ms), closeness(i))
+                 for i, m in zip(ids, mult.tolist(), strict=True) if m > 0]
+    chosen = heapq.nsmallest(n, survivors, key=lambda x: (-x[1] * x[2], -x[3], x[0]))
     top = popularity.top(GLOBAL, 1, now_ms)
     best = top[0][1] if top else 0.0
-    for i, _, score in chosen:
+    for i, _, score, near in chosen:
         pool._add(i)
         if score > 0 and best > 0:
             pool.popular[i] = GLOBAL_POPULAR_WEIGHT * min(score / best, 1.0)
             pool.popular_category[i] = GLOBAL
+        else:
+            pool.fill[i] = near
     return len(chosen)
 
 
@@ -371,9 +397,9 @@ def blend(pool: CandidatePool, settings: Settings) -> tuple[np.ndarray, np.ndarr
     """Blended score per candidate and the index of the source that contributed most to it."""
     m = pool.source_matrix()
     w = np.array([settings.weight_ann, settings.weight_covis, settings.weight_popular, settings.weight_recent,
-                  settings.weight_sknn], dtype=np.float64)
+                  settings.weight_sknn, FILL_WEIGHT], dtype=np.float64)
     w = np.maximum(w, 0.0)
-    if not w.any():  # all weights off: popularity still has to fill the list
+    if not w[:SOURCE_FILL].any():  # all weights off: popularity still has to fill the list
         w = np.zeros(N_SOURCES)
         w[SOURCE_POPULAR] = 1.0
     contrib = m * w

@@ -26,6 +26,7 @@ SIMILAR_FALLBACK = "Similar to items you liked"
 VIEWED_RECENTLY = "You viewed this recently"
 SIMILAR_SESSIONS = "Viewed by shoppers with similar sessions"
 POPULAR_FALLBACK = "Popular right now"
+MORE_FALLBACK = "In stock now"
 HOURS_PER_DAY = 24.0
 HOURS_PER_WEEK = 168.0
 HOURS_PER_MONTH = 720.0
@@ -135,6 +136,12 @@ def popular_in(leaf_category: str, half_life_h: float) -> str:
     if not leaf_category:
         return f"Popular {period}"
     return f"Popular in {leaf_category} {period}"
+
+
+def more_in(leaf_category: str) -> str:
+    """ "More in Stand mixers": an item offered because the visitor is in its category and no stronger
+    signal was left (nobody bought it yet); claiming popularity or similarity would be untrue."""
+    return f"More in {leaf_category}" if leaf_category else MORE_FALLBACK
 
 
 def similar_to_liked() -> str:

@@ -27,7 +27,16 @@ def stable_order(ids: Sequence[str], scores: np.ndarray) -> np.ndarray:
     return np.lexsort((id_rank, -np.asarray(scores, dtype=np.float64)))
 
 
-def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float, keep: int = 0) -> np.ndarray:
+def mmr(
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    lam: float,
+    keep: int = 0,
+    groups: np.ndarray | None = None,
+    max_per_group: int = 0,
+    capped_slots: int | None = None,
+) -> np.ndarray:
     """Indices of `k` picks by MMR; `scores` must already be in canonical order (see `stable_order`).
 
     Relevance is the score scaled to [0, 1] by the pool's best; similarity is cosine (rows of `vectors`
@@ -36,12 +45,21 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float, keep: int =
     top-k by score. The first `keep` slots go by relevance alone (the best few stay on top); MMR then
     diversifies the rest against everything picked so far, with relevance rescaled by the best of the
     rest (so a few very strong kept items do not shrink the others' relevance next to the similarity).
+
+    `groups` (one int per candidate, the leaf category; negative: a group of its own) with
+    `max_per_group` > 0 is a hard cap on top of the soft trade-off: MMR alone lets five items of one
+    category through whenever they dominate the relevance (cosine between them is high, but so is their
+    relevance against everything else). A full group's other members wait until no candidate of another
+    group is left, so the cap never shortens a list; `group_capacity` tells the caller whether the pool
+    can honour the cap at all. `capped_slots` (default: all) limits the cap to the first slots: the list
+    a shopper sees; a longer list goes on as plain MMR after them.
     """
     n = len(scores)
     k = min(k, n)
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    if lam >= 1.0 or n == 1 or keep >= k:
+    capped = groups is not None and max_per_group > 0
+    if (lam >= 1.0 or n == 1 or keep >= k) and not capped:
         return np.arange(k)
     rel = np.asarray(scores, dtype=np.float64)
     top = float(rel.max())
@@ -52,8 +70,11 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float, keep: int =
     max_sim = np.zeros(n, dtype=np.float64)
     picked = np.zeros(n, dtype=bool)
     order = np.empty(k, dtype=np.int64)
+    blocked = np.zeros(n, dtype=bool)  # members of full groups
+    group_of = np.asarray(groups if capped else np.full(n, -1), dtype=np.int64)
+    counts: dict[int, int] = {}
     for step in range(k):
-        if step < keep:
+        if step < keep or lam >= 1.0:
             gain = rel.copy()
         else:
             if step == keep and keep > 0:
@@ -61,8 +82,23 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float, keep: int =
                 rel = rel / rest if rest > 0 else rel
             gain = lam * rel - (1.0 - lam) * max_sim
         gain[picked] = -np.inf
+        if capped and (capped_slots is None or step < capped_slots) and not (blocked | picked).all():
+            gain[blocked] = -np.inf
         best = int(np.argmax(gain))
         order[step] = best
         picked[best] = True
         np.maximum(max_sim, unit @ unit[best], out=max_sim)
+        g = int(group_of[best])
+        if g >= 0:
+            counts[g] = counts.get(g, 0) + 1
+            if counts[g] >= max_per_group:
+                blocked |= group_of == g
     return order
+
+
+def group_capacity(groups: np.ndarray, max_per_group: int) -> int:
+    """How many items a list can take from these candidates without breaking the per-group cap."""
+    g = np.asarray(groups, dtype=np.int64)
+    ungrouped = int((g < 0).sum())
+    _, counts = np.unique(g[g >= 0], return_counts=True)
+    return ungrouped + int(np.minimum(counts, max_per_group).sum())

@@ -14,6 +14,7 @@ worker. Shop-wide statistics (co-visitation, popularity) live in this object.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -34,7 +35,7 @@ from stream_reco.core.candidates import (
     popular_candidates,
 )
 from stream_reco.core.events import CatalogItem, Event, Recommendation, RecommendedItem
-from stream_reco.core.rank import mmr, stable_order
+from stream_reco.core.rank import group_capacity, mmr, stable_order
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
 from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight, leaf_of
 from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 MMR_POOL_FACTOR = 3
 #: a list left short by the rules widens the embedding neighbours this many times, each time by this
 #: factor, before sweeping the catalogue (a few cheap searches usually fill it; the sweep is O(catalogue))
+#: widening steps (the best-seller ones) a list may take only because its candidates cannot honour the
+#: category cap; the rest are for lists the rules left short
+CAP_WIDEN_STEPS = 2
 ANN_WIDEN_STEPS = 4
 ANN_WIDEN_GROWTH = 2
 #: a co-visit between the new item and one `d` events back weighs d ** -COVIS_DISTANCE_POWER
@@ -241,18 +245,23 @@ class Recommender:
         exclude = excluded_ids(ctx)
         pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, exclude,
                       page_category, s, s.covis_anchor_items, k, sessions=self.sessions)
-        ids, scores, sources = self._score(pool, ctx, k, n)
-        if len(ids) < k:  # filtering left too few: widen the candidates until the list is full
+        cap = _Cap.of(s, k, self.catalog)
+        ids, scores, sources = self._score(pool, ctx, k, n, cap=cap)
+        if len(ids) < k or not cap.honoured(ids):
+            # filtering left too few, or too few outside a dominant category: widen the candidates. The
+            # category cap alone never pays for more than the best-seller steps (ANN widening and the
+            # catalogue sweep are for lists that would otherwise be short).
             verdicts: dict[str, float] = {}  # the rules' multiplier per candidate, kept across re-scores
-            for _ in self._widen(pool, ctx, scope, exclude, k, n, verdicts):
-                ids, scores, sources = self._score(pool, ctx, k, n, verdicts)
-                if len(ids) >= k:
+            for step, _ in enumerate(self._widen(pool, ctx, scope, exclude, k, n, verdicts)):
+                ids, scores, sources = self._score(pool, ctx, k, n, verdicts, cap=cap)
+                if len(ids) >= k and (cap.honoured(ids) or step + 1 >= CAP_WIDEN_STEPS):
                     break
         if not ids:
             return []
-        pool_size = MMR_POOL_FACTOR * k
+        pool_size = cap.pool_size(ids, MMR_POOL_FACTOR * k)
         ids, scores, sources = ids[:pool_size], scores[:pool_size], sources[:pool_size]
-        picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda, keep=s.mmr_keep_top)
+        picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda, keep=s.mmr_keep_top,
+                    groups=cap.groups(ids), max_per_group=cap.per_category, capped_slots=cap.slots)
         explainer = _Explainer(self, state, now_ms)
         return [
             RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
@@ -293,7 +302,7 @@ class Recommender:
                 if budget >= len(self.catalog):
                     break
         catalogue_candidates(pool, self.catalog, self.popularity, now_ms, exclude, MMR_POOL_FACTOR * k,
-                             lambda ids: self._multipliers(ctx, ids, verdicts))
+                             lambda ids: self._multipliers(ctx, ids, verdicts), context=scope or state.page_category)
         yield
 
     def _multipliers(self, ctx: RuleContext, ids: list[str], verdicts: dict[str, float] | None) -> np.ndarray:
@@ -310,13 +319,20 @@ class Recommender:
         return np.fromiter((verdicts[i] for i in ids), dtype=np.float64, count=len(ids))
 
     def _score(
-        self, pool: CandidatePool, ctx: RuleContext, k: int, n: int, verdicts: dict[str, float] | None = None
+        self,
+        pool: CandidatePool,
+        ctx: RuleContext,
+        k: int,
+        n: int,
+        verdicts: dict[str, float] | None = None,
+        cap: _Cap | None = None,
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Blend the sources, then apply the rules best-first in chunks of `n` until `k` survive.
 
         Returns the survivors in canonical order (score, then id) with their scores and strongest source.
         Rules re-weight scores, so survivors of a chunk are re-sorted; chunks keep the cost of the rules
-        proportional to the list, not to the number of candidates. `verdicts`: see `_multipliers`.
+        proportional to the list, not to the number of candidates. `verdicts`: see `_multipliers`. With a
+        category `cap`, chunks go on until the survivors can also fill the list within the cap.
         """
         if not pool.ids:
             return [], np.zeros(0), np.zeros(0, dtype=np.int64)
@@ -333,7 +349,7 @@ class Recommender:
             kept_ids.extend(ids[i] for i in keep)
             kept_scores.append((blended[chunk] * mult)[keep])
             kept_sources.append(strongest[chunk][keep])
-            if len(kept_ids) >= MMR_POOL_FACTOR * k:
+            if len(kept_ids) >= MMR_POOL_FACTOR * k and (cap is None or cap.honoured(kept_ids)):
                 break
         scores = np.concatenate(kept_scores)
         sources = np.concatenate(kept_sources)
@@ -379,6 +395,59 @@ class Recommender:
     def visitor(self, visitor_key: str) -> VisitorState | None:
         """The stored state of a visitor (None when unknown)."""
         return self.store.get(visitor_key)
+
+
+class _Cap:
+    """The per-category cap of one list (`max_category_share`), and the bookkeeping it needs.
+
+    The cap binds the first `list_size` slots, the list a shopper sees: a caller asking for a longer list
+    (the evaluation asks for 20) gets the cap there and plain MMR after it, so the cap's promise (no list
+    of five near-identical items) is kept where it is visible without reordering a longer tail.
+    """
+
+    __slots__ = ("catalog", "per_category", "slots")
+
+    def __init__(self, per_category: int, slots: int, catalog: ItemCatalog | None) -> None:
+        self.per_category = per_category
+        self.slots = slots
+        self.catalog = catalog
+
+    @classmethod
+    def of(cls, settings: Settings, k: int, catalog: ItemCatalog) -> _Cap:
+        share = settings.max_category_share
+        if share <= 0:
+            return cls(0, 0, None)
+        slots = min(k, settings.list_size)
+        return cls(max(1, math.floor(share * settings.list_size)), slots, catalog)
+
+    def groups(self, ids: Sequence[str]) -> np.ndarray | None:
+        """One int per item naming its leaf category (-1: no category, never capped); None without a cap."""
+        if not self.per_category or self.catalog is None:
+            return None
+        codes: dict[tuple[str, ...], int] = {}
+        out = np.empty(len(ids), dtype=np.int64)
+        for i, item_id in enumerate(ids):
+            category = self.catalog.category_of(item_id)
+            out[i] = codes.setdefault(category, len(codes)) if category else -1
+        return out
+
+    def honoured(self, ids: Sequence[str]) -> bool:
+        """Whether these candidates can fill the capped slots without breaking the cap."""
+        groups = self.groups(ids)
+        return groups is None or group_capacity(groups, self.per_category) >= self.slots
+
+    def pool_size(self, ids: Sequence[str], size: int) -> int:
+        """The MMR pool: `size` best, stretched (when the cap needs it) until it can honour the cap."""
+        if self.honoured(ids[:size]) or not self.honoured(ids):
+            return size
+        lo, hi = size, len(ids)
+        while lo < hi:  # the shortest prefix that honours the cap
+            mid = (lo + hi) // 2
+            if self.honoured(ids[:mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
 
 class _Explainer:
@@ -429,6 +498,8 @@ class _Explainer:
         if item_id in pool.popular:
             pcat = pool.popular_category[item_id]
             return explain.popular_in(leaf_of(pcat) if pcat != GLOBAL else "", self.rec.settings.popularity_half_life_h)
+        if item_id in pool.fill:
+            return explain.more_in(leaf_of(cat) if cat else "")
         return explain.similar_to_liked()
 
     def _category(self, item_id: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_reco.core.rank import mmr, stable_order
+from stream_reco.core.rank import group_capacity, mmr, stable_order
 
 
 def test_stable_order_breaks_ties_by_item_id():
@@ -44,3 +44,38 @@ def test_mmr_is_deterministic_on_ties():
     v = np.eye(4, dtype=np.float32)
     scores = np.ones(4)
     assert mmr(scores, v, 4, 0.5).tolist() == [0, 1, 2, 3]
+
+
+def _one_category_dominates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eight near-identical, very relevant items of group 0, then four weaker ones of groups 1-2."""
+    rng = np.random.default_rng(3)
+    base = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    same = base + 0.01 * rng.standard_normal((8, 3)).astype(np.float32)
+    other = np.array([[0, 1, 0], [0, 1, 0.1], [0, 0, 1], [0, 0.1, 1]], dtype=np.float32)
+    scores = np.array([1.0 - 0.01 * i for i in range(8)] + [0.3, 0.29, 0.28, 0.27])
+    groups = np.array([0] * 8 + [1, 1, 2, 2])
+    return scores, np.vstack([same, other]), groups
+
+
+def test_mmr_lets_a_dominant_category_fill_the_list_without_a_cap():
+    scores, vecs, _ = _one_category_dominates()
+    assert mmr(scores, vecs, 6, 0.9, keep=3).tolist()[:5] == [0, 1, 2, 3, 4]
+
+
+def test_category_cap_keeps_any_group_to_its_share():
+    scores, vecs, groups = _one_category_dominates()
+    picks = mmr(scores, vecs, 6, 0.9, keep=3, groups=groups, max_per_group=3)
+    assert [int(groups[i]) for i in picks].count(0) == 3
+    assert picks.tolist()[:3] == [0, 1, 2]  # the kept top slots are the best of the capped group
+    assert sorted(picks.tolist()[3:]) == [8, 9, 10]  # then the best of the others, MMR alternating groups
+    # the cap binds with MMR off too (lambda 1: relevance order within the cap)
+    assert mmr(scores, vecs, 6, 1.0, groups=groups, max_per_group=2).tolist() == [0, 1, 8, 9, 10, 11]
+
+
+def test_category_cap_never_shortens_a_list():
+    scores, vecs, groups = _one_category_dominates()
+    picks = mmr(scores, vecs, 10, 0.9, keep=3, groups=groups, max_per_group=3)
+    assert len(picks) == 10 and len(set(picks.tolist())) == 10
+    assert [int(groups[i]) for i in picks[:7]].count(0) == 3  # others first, then the cap gives way
+    assert group_capacity(groups, 3) == 7
+    assert group_capacity(np.array([-1, -1, 0, 0, 0]), 1) == 3  # ungrouped items are never capped

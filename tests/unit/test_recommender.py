@@ -106,8 +106,28 @@ def test_views_in_one_category_lean_the_list_there(make_rec: MakeRec):
     lst = rec.recommend("me", t)
     assert len(lst) == rec.settings.list_size
     counts = Counter(leaf(r.item_id) for r in lst)
-    assert counts[KETTLES] >= len(lst) // 2
-    assert any(r.reason == "Because you viewed 3 kettles" for r in lst)
+    # kettles lead, up to the category cap (4 of 10 by default); the rest is diverse
+    cap = int(rec.settings.max_category_share * rec.settings.list_size)
+    assert counts[KETTLES] == cap == max(counts.values()), counts
+    assert leaf(items_of(lst)[0]) == KETTLES
+    kettle_reasons = {r.reason for r in lst if leaf(r.item_id) == KETTLES}
+    assert all("Kettle model" in why or why == "You viewed this recently" for why in kettle_reasons), kettle_reasons
+
+
+def test_category_cap_is_what_keeps_a_strong_lean_from_filling_the_list(make_rec: MakeRec):
+    uncapped, capped = make_rec(max_category_share=0.0), make_rec(max_category_share=0.3)
+    for rec in (uncapped, capped):
+        t = warm_shop(rec)
+        for n in (3, 4, 5):
+            rec.observe(ev("view", item_id(KETTLES, n), t, session="me"))
+            t += MINUTE
+    free_list = uncapped.recommend("me", t)
+    assert any(r.reason == "Because you viewed 3 kettles" for r in free_list)
+    free = Counter(leaf(i) for i in items_of(free_list))
+    held = Counter(leaf(i) for i in items_of(capped.recommend("me", t)))
+    assert free[KETTLES] >= 5, free  # without the cap, five or more kettles: the list the cap prevents
+    assert held[KETTLES] == 3 and max(held.values()) == 3, held
+    assert sum(held.values()) == capped.settings.list_size
 
 
 def test_list_has_no_duplicates_and_honours_k(make_rec: MakeRec):
@@ -259,6 +279,17 @@ def test_cold_visitor_list_fills_from_the_catalogue_when_every_best_seller_is_so
     lst = items_of(rec.recommend("nobody", t, k=20))
     assert len(lst) == 20  # no vector, no co-visits, no sales left: only the catalogue sweep has items
     assert rule_breaches(rec, "nobody", lst, t) == []
+
+
+def test_catalogue_fill_starts_in_the_page_category_and_says_so(make_rec: MakeRec):
+    rec = make_rec()
+    t = warm_shop(rec)
+    take_out_of_stock(rec, [i for i, _ in rec.popularity.top("", 200, t)])
+    lst = rec.recommend("nobody", t, k=5, page_category=path(KETTLES))
+    leaves = [leaf(r.item_id) for r in lst]
+    # the page's own category first (up to the category cap), then its sibling under the same parent
+    assert leaves == [KETTLES] * 4 + [MIXERS], leaves
+    assert [r.reason for r in lst] == ["More in Kettles"] * 4 + ["More in Stand mixers"]
 
 
 def test_short_list_holds_every_eligible_item_when_too_few_exist(make_rec: MakeRec):
@@ -491,7 +522,9 @@ def test_page_scope_limits_to_category_and_siblings(make_rec: MakeRec):
 
 
 def test_attribute_boost_lifts_matching_items(make_rec: MakeRec):
-    plain, boosted = make_rec(), make_rec(attribute_boosts="brand=Acme:3")
+    # the category cap off: the rule on its own (with the cap, the boosted Acme item still rises to the
+    # top, but the fixture's only other Acme items sit in the capped category)
+    plain, boosted = make_rec(max_category_share=0.0), make_rec(attribute_boosts="brand=Acme:3", max_category_share=0.0)
     t = 0
     for rec in (plain, boosted):
         t = warm_shop(rec)
