@@ -50,9 +50,9 @@ def mmr(
     `max_per_group` > 0 is a hard cap on top of the soft trade-off: MMR alone lets five items of one
     category through whenever they dominate the relevance (cosine between them is high, but so is their
     relevance against everything else). A full group's other members wait until no candidate of another
-    group is left, so the cap never shortens a list; `group_capacity` tells the caller whether the pool
-    can honour the cap at all. `capped_slots` (default: all) limits the cap to the first slots: the list
-    a shopper sees; a longer list goes on as plain MMR after them.
+    group is left, so the cap never shortens a list (the caller makes the pool wide enough to honour it).
+    `capped_slots` (default: all) limits the cap to the first slots, the list a shopper sees; a longer
+    list goes on as plain MMR after them.
     """
     n = len(scores)
     k = min(k, n)
@@ -95,10 +95,3 @@ def mmr(
                 blocked |= group_of == g
     return order
 
-
-def group_capacity(groups: np.ndarray, max_per_group: int) -> int:
-    """How many items a list can take from these candidates without breaking the per-group cap."""
-    g = np.asarray(groups, dtype=np.int64)
-    ungrouped = int((g < 0).sum())
-    _, counts = np.unique(g[g >= 0], return_counts=True)
-    return ungrouped + int(np.minimum(counts, max_per_group).sum())

@@ -35,7 +35,7 @@ from stream_reco.core.candidates import (
     popular_candidates,
 )
 from stream_reco.core.events import CatalogItem, Event, Recommendation, RecommendedItem
-from stream_reco.core.rank import group_capacity, mmr, stable_order
+from stream_reco.core.rank import mmr, stable_order
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
 from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight, leaf_of
 from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
@@ -405,49 +405,59 @@ class _Cap:
     of five near-identical items) is kept where it is visible without reordering a longer tail.
     """
 
-    __slots__ = ("catalog", "per_category", "slots")
+    __slots__ = ("catalog", "codes", "leaves", "per_category", "slots")
 
     def __init__(self, per_category: int, slots: int, catalog: ItemCatalog | None) -> None:
         self.per_category = per_category
         self.slots = slots
         self.catalog = catalog
+        self.codes: dict[str, int] = {}  # item -> leaf category code (-1: none), filled as items are seen
+        self.leaves: dict[tuple[str, ...], int] = {}  # leaf category -> code
 
     @classmethod
     def of(cls, settings: Settings, k: int, catalog: ItemCatalog) -> _Cap:
         share = settings.max_category_share
         if share <= 0:
             return cls(0, 0, None)
-        slots = min(k, settings.list_size)
-        return cls(max(1, math.floor(share * settings.list_size)), slots, catalog)
+        return cls(max(1, math.floor(share * settings.list_size)), min(k, settings.list_size), catalog)
+
+    def _code(self, item_id: str) -> int:
+        code = self.codes.get(item_id)
+        if code is None:
+            category = self.catalog.category_of(item_id) if self.catalog is not None else ()
+            code = self.codes[item_id] = self.leaves.setdefault(category, len(self.leaves)) if category else -1
+        return code
 
     def groups(self, ids: Sequence[str]) -> np.ndarray | None:
         """One int per item naming its leaf category (-1: no category, never capped); None without a cap."""
-        if not self.per_category or self.catalog is None:
+        if not self.per_category:
             return None
-        codes: dict[tuple[str, ...], int] = {}
-        out = np.empty(len(ids), dtype=np.int64)
-        for i, item_id in enumerate(ids):
-            category = self.catalog.category_of(item_id)
-            out[i] = codes.setdefault(category, len(codes)) if category else -1
-        return out
+        return np.fromiter((self._code(i) for i in ids), dtype=np.int64, count=len(ids))
+
+    def _filled_at(self, ids: Sequence[str]) -> int | None:
+        """The length of the shortest prefix of `ids` that can fill the capped slots within the cap."""
+        taken: dict[int, int] = {}
+        capacity = 0
+        for n, item_id in enumerate(ids, 1):
+            g = self._code(item_id)
+            if g < 0 or taken.get(g, 0) < self.per_category:
+                capacity += 1
+                if g >= 0:
+                    taken[g] = taken.get(g, 0) + 1
+                if capacity >= self.slots:
+                    return n
+        return None
 
     def honoured(self, ids: Sequence[str]) -> bool:
         """Whether these candidates can fill the capped slots without breaking the cap."""
-        groups = self.groups(ids)
-        return groups is None or group_capacity(groups, self.per_category) >= self.slots
+        return not self.per_category or self._filled_at(ids) is not None
 
     def pool_size(self, ids: Sequence[str], size: int) -> int:
-        """The MMR pool: `size` best, stretched (when the cap needs it) until it can honour the cap."""
-        if self.honoured(ids[:size]) or not self.honoured(ids):
+        """The MMR pool: the `size` best, stretched (when the cap needs it) until it can honour the cap."""
+        if not self.per_category or len(ids) <= size:
             return size
-        lo, hi = size, len(ids)
-        while lo < hi:  # the shortest prefix that honours the cap
-            mid = (lo + hi) // 2
-            if self.honoured(ids[:mid]):
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        filled = self._filled_at(ids)
+        return size if filled is None else max(size, filled)  # None: MMR relaxes the cap over the best
 
 
 class _Explainer:

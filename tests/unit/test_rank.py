@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stream_reco.core.rank import group_capacity, mmr, stable_order
+from stream_reco.core.rank import mmr, stable_order
 
 
 def test_stable_order_breaks_ties_by_item_id():
@@ -77,5 +77,6 @@ def test_category_cap_never_shortens_a_list():
     picks = mmr(scores, vecs, 10, 0.9, keep=3, groups=groups, max_per_group=3)
     assert len(picks) == 10 and len(set(picks.tolist())) == 10
     assert [int(groups[i]) for i in picks[:7]].count(0) == 3  # others first, then the cap gives way
-    assert group_capacity(groups, 3) == 7
-    assert group_capacity(np.array([-1, -1, 0, 0, 0]), 1) == 3  # ungrouped items are never capped
+    # ungrouped items (no category) are never capped
+    ungrouped = mmr(np.array([1.0, 0.9, 0.8, 0.7]), np.eye(4), 3, 1.0, groups=np.array([-1, -1, 0, 0]), max_per_group=1)
+    assert ungrouped.tolist() == [0, 1, 2]
