@@ -322,14 +322,13 @@ def catalogue_candidates(
     eligible items exist. `multipliers` (the rules' verdict on a list of ids, 0 = removed) is asked once
     for the whole sweep, and only the best `n` survivors by popularity times multiplier (ties by id, as
     the final ordering) join the pool, so it grows by at most `n` however large the catalogue. Items with
-    shop-wide popularity score as shop-wide best-sellers; the rest join with no source score, so they rank
-    below those and among themselves by id. It costs O(catalogue), so the recommender reaches for it only
-    when every other source has left the list short. Returns the number of items added.
+    shop-wide popularity score as shop-wide best-sellers. It costs O(catalogue), so the recommender
+    reaches for it only when every other source has left the list short. Returns the number of items added.
 
-    Items nobody bought yet are ordered by how much of the `context` category path (the page's, or the
-    session's main category) they share, so a cold visitor on the stand mixers page is offered the other
-    stand mixers, then other appliances, before anything else; they are marked as fill (`pool.fill`,
-    explained as "More in ...").
+    Items nobody bought yet are ordered by how much of the `context` category path (the page the visitor
+    is on) they share, then by id, so a cold visitor on the stand mixers page is offered the other stand
+    mixers, then other appliances, before anything else; they join as fill (`pool.fill`, the closeness,
+    weighted `FILL_WEIGHT`), explained as "More in ...".
     """
     skip = set(exclude)
     ids = [it.item_id for it in catalog.items() if it.recommendable and it.item_id not in pool.index

@@ -279,7 +279,8 @@ class Recommender:
     ) -> Iterator[None]:
         """Add fallback candidates to `pool` one step at a time (the caller re-scores after each step).
 
-        Only reached when the rules left the list short, so full lists cost nothing extra. Cheapest and
+        Only reached when the rules left the list short, or (the first two steps only) when the candidates
+        cannot fill the list within the category cap, so other lists cost nothing extra. Cheapest and
         most relevant first: the best-sellers shared by weight (the first step, as it always was, so the
         lists it fills are unchanged), then every best-seller list in full (a suppressed page or session
         category no longer takes the shop-wide list's slots), then embedding neighbours with a doubling
