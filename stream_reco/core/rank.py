@@ -71,7 +71,7 @@ def mmr(
     picked = np.zeros(n, dtype=bool)
     order = np.empty(k, dtype=np.int64)
     blocked = np.zeros(n, dtype=bool)  # members of full groups
-    group_of = np.asarray(groups if capped else np.full(n, -1), dtype=np.int64)
+    group_of = np.asarray(groups, dtype=np.int64) if capped else None
     counts: dict[int, int] = {}
     for step in range(k):
         if step < keep or lam >= 1.0:
@@ -88,10 +88,9 @@ def mmr(
         order[step] = best
         picked[best] = True
         np.maximum(max_sim, unit @ unit[best], out=max_sim)
-        g = int(group_of[best])
-        if g >= 0:
+        if group_of is not None and group_of[best] >= 0:
+            g = int(group_of[best])
             counts[g] = counts.get(g, 0) + 1
             if counts[g] >= max_per_group:
                 blocked |= group_of == g
     return order
-

@@ -17,10 +17,10 @@ from stream_reco.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# the latest list per visitor is what matters: compaction keeps exactly that
 CREATE_ATTEMPTS = 5  # a retriable creation error is tried this often
 CREATE_RETRY_S = 1.0  # ... waiting this much longer each time
 
+# the latest list per visitor is what matters: compaction keeps exactly that
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
 
 
