@@ -18,11 +18,12 @@ from pathlib import Path
 
 import click
 
+from stream_reco.exit_codes import EXIT_FAILURE
+from stream_reco.extras import require
+
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 BENCH_THREADS = "1"
 DEFAULT_OUTPUT = "bench-result.json"
-#: exit status when the run finished but its result is incomplete or holds non-finite numbers
-EXIT_INCOMPLETE = 1
 
 
 def _limit_blas_threads() -> tuple[str, ...]:
@@ -61,6 +62,9 @@ def bench_cmd(state: object, quick: bool, output: Path, ann_sizes: str | None, s
     Needs the broker (`stream-reco broker start`). Topics, consumer groups and app ids are unique to the
     run and deleted at the end, so it never disturbs other users of the broker.
     """
+    # said now rather than after minutes of measurements: the harness samples processes with psutil and draws
+    # its summary with matplotlib
+    require("bench", "psutil", "matplotlib")
     if soak_minutes is not None:
         _bench_root()
         from bench import soak
@@ -81,4 +85,4 @@ def bench_cmd(state: object, quick: bool, output: Path, ann_sizes: str | None, s
     if result["problems"]:
         for problem in result["problems"]:
             click.echo(f"problem: {problem}", err=True)
-        sys.exit(EXIT_INCOMPLETE)
+        sys.exit(EXIT_FAILURE)  # the run finished, but its result is incomplete or holds non-finite numbers

@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 import click
 import psutil
 
-from stream_reco.cli import EXIT_BROKER_NOT_READY, EXIT_FAILURE, EXIT_USAGE, CliState
+from stream_reco.cli import CliState
+from stream_reco.exit_codes import EXIT_BROKER_NOT_READY, EXIT_FAILURE, EXIT_USAGE
 from stream_reco.settings import Settings
 
 __all__ = [

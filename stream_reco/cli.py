@@ -1,11 +1,13 @@
 """The `stream-reco` command line: a thin shell over the package's modules.
 
-Subcommands are imported lazily so `stream-reco --help` and quick commands (`tail`, `broker status`) do not
-pay for numpy, faust and annoy imports they do not use. Each subcommand module exposes one click command;
-shared state (the loaded settings) travels in `ctx.obj` as a `CliState`.
+Subcommands are imported lazily, when they run: quick commands (`tail`, `broker status`) do not pay for
+numpy, faust and annoy imports they do not use, and `stream-reco worker` never imports the development
+tools (the local broker manager, plotting, benchmarking; tests/unit/test_extras.py checks it). Each
+subcommand module exposes one click command; shared state (the loaded settings) travels in `ctx.obj` as a
+`CliState`.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error (also: not implemented yet),
-3 rejected records (replay), 4 the broker is not ready.
+A command whose optional dependencies are not installed stops with one line naming the extra to install
+and exit status 2 (stream_reco/extras.py). Exit statuses: stream_reco/exit_codes.py.
 """
 
 from __future__ import annotations
@@ -18,13 +20,9 @@ from typing import Any
 
 import click
 
+from stream_reco.exit_codes import EXIT_USAGE
+from stream_reco.extras import MissingExtra, missing_module
 from stream_reco.settings import Settings, SettingsError
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_REJECTED = 3
-EXIT_BROKER_NOT_READY = 4
 
 # name -> (module:attribute, one-line help shown even when the module cannot be imported)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,6 +68,18 @@ def _not_implemented(name: str, help_text: str) -> click.Command:
     return cmd
 
 
+def _needs_extra(name: str, help_text: str, module: str) -> click.Command:
+    """Stands in for a command whose module cannot be imported without `module`, an optional dependency."""
+    error = MissingExtra(module, name)
+
+    @click.command(name=name, help=f"{help_text} (needs: pip install 'stream-reco[{error.extra}]')",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def cmd() -> None:
+        raise error
+
+    return cmd
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*COMMANDS, *super().list_commands(ctx)])
@@ -84,8 +94,22 @@ class LazyGroup(click.Group):
         except ModuleNotFoundError as exc:
             if exc.name and module_name.startswith(exc.name):
                 return _not_implemented(cmd_name, help_text)
+            missing = missing_module(exc)
+            if missing is not None:
+                return _needs_extra(cmd_name, help_text, missing)
             raise
         return getattr(module, attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; an optional dependency it imports late and cannot find ends it with one line
+        naming the extra to install (exit status 2), not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            missing = missing_module(exc)
+            if missing is None:
+                raise
+            raise MissingExtra(missing, ctx.invoked_subcommand) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

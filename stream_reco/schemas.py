@@ -58,7 +58,7 @@ __all__ = [
     "validate",
 ]
 
-KINDS: Final[tuple[str, ...]] = ("event", "item", "recommendation", "dead_letter")
+KINDS: Final[tuple[str, ...]] = ("event", "item", "recommendation", "dead_letter", "join")
 """The message kinds; kind `k` is described by `schemas/<k>.schema.json`."""
 
 SCHEMA_DIR_ENV: Final = "STREAM_RECO_SCHEMA_DIR"

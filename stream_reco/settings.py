@@ -82,6 +82,12 @@ class Settings:
     producer_linger_ms: int = _doc(1, "producer batching delay; small keeps lists fresh")
     model_poll_s: float = _doc(5.0, "how often a worker looks for a newer model artifact (hot swap)")
     catalog_wait_s: float = _doc(30.0, "at start, longest wait for the catalog topic to be read before events")
+    max_clock_skew_s: float = _doc(
+        300.0, "an event stamped more than this after its arrival (wall clock, or the Kafka record time if earlier) "
+        "is dead-lettered as from the future; old timestamps are accepted (replays); 0 turns the check off")
+    visitor_ttl_days: float = _doc(
+        90.0, "a visitor without events for this long (in event time: the latest event the worker applied) is "
+        "deleted from the table and its changelog by a background sweep; 0 keeps visitors forever")
 
     # --- recommendation model ---
     embedding_dim: int = _doc(64, "item and visitor embedding dimension")
@@ -93,7 +99,12 @@ class Settings:
     max_interests: int = _doc(4, "interest vectors per visitor (one per distinct region of item space)")
     interest_split_cosine: float = _doc(0.35, "an item less similar than this to every interest opens a new one")
     history_cap: int = _doc(50, "items kept in a visitor's recent history")
-    owned_cap: int = _doc(200, "purchased and dismissed items kept per visitor")
+    owned_cap: int = _doc(
+        200, "purchased and dismissed items kept exactly per visitor (older ones: a Bloom filter, never shown)"
+    )
+    max_state_bytes: int = _doc(
+        262_144, "largest serialised visitor state (keep under the broker's message.max.bytes); oldest parts trimmed"
+    )
     session_gap_s: int = _doc(1800, "inactivity that ends a session, seconds")
     purchase_suppress_days: float = _doc(14.0, "days a purchased item's category is not recommended")
     viewed_penalty: float = _doc(
@@ -110,6 +121,12 @@ class Settings:
     popularity_half_life_h: float = _doc(168.0, "half-life of category popularity, hours")
     covis_window: int = _doc(10, "recent events of a visitor that count as co-visited")
     covis_neighbours: int = _doc(50, "co-visited neighbours kept per item")
+    stats_max_items: int = _doc(
+        1_000_000, "items the shop-wide popularity and co-visitation keep per worker (least useful dropped)"
+    )
+    popularity_max_categories: int = _doc(
+        10_000, "category paths with a best-seller list per worker (the weakest dropped; memory bound)"
+    )
     covis_anchor_items: int = _doc(5, "the visitor's last distinct items whose co-visited neighbours are candidates")
     weight_ann: float = _doc(0.1, "weight of embedding neighbours in the blend (each source scaled to [0, 1])")
     weight_covis: float = _doc(1.0, "weight of co-visitation candidates in the blend")

@@ -6,7 +6,11 @@ near this vector". It owns three things:
 * **Metadata** (`CatalogItem` per id) from the catalog topic and the model's catalog snapshot. An item is
   recommendable when the catalog knows it and says it is in stock and not deleted; an item the model knows
   but the catalog has not described yet has a vector (visitors' interests can use it) but is never
-  recommended, since nothing could be shown for it.
+  recommended, since nothing could be shown for it. A live catalog message always wins over a model's
+  snapshot row, whatever their `updated_at`: stock changes and deletions are often sent with `updated_at` 0
+  (or none), and a worker loads its model after reading the catalog topic, so "newer wins" would bring a
+  sold-out or deleted item back on every start and swap. A snapshot row only describes items the live
+  catalog has never mentioned (and is replaced by the next model's row).
 * **Vectors** in a `_Space`: string ids mapped once to dense rows of one float32 matrix. Rows of trained
   items hold the model's vectors; every other item gets a content vector (no model) or a projection of its
   content into the trained space (`core/content.py` explains both), so a new item is recommendable the
@@ -201,6 +205,8 @@ class ItemCatalog:
         self.settings = settings
         self._encoder = ContentEncoder(settings.embedding_dim, settings.seed)
         self._items: dict[str, CatalogItem] = {}
+        #: ids whose metadata came from a model's snapshot, not the live catalog (a later model may replace it)
+        self._from_model: set[str] = set()
         self._space = _Space(settings.embedding_dim, CONTENT_ONLY, None, INITIAL_CAPACITY)
         #: between begin_bulk_load and end_bulk_load: no background builds
         self._bulk_loading = False
@@ -275,6 +281,7 @@ class ItemCatalog:
         """Add or replace an item's metadata. Searchable at once; out of stock or deleted: hidden at once."""
         space = self._space
         self._items[item.item_id] = item
+        self._from_model.discard(item.item_id)  # live from now on: no model snapshot may overwrite it
         self._apply(space, item)
         space.sync()
         self._maybe_rebuild(space)
@@ -371,6 +378,9 @@ class ItemCatalog:
     def load_model(self, artifact: ModelArtifact, background: bool = True) -> None:
         """Swap in a trained model: its vectors, its catalog snapshot, projections for the other items.
 
+        The snapshot describes only items the live catalog has never mentioned (see the module docstring):
+        a live message, even a stock-only update or a tombstone with `updated_at` 0, is never overridden.
+
         A model that cannot be used (wrong dim, non-finite or zero vectors, duplicate ids) raises
         CatalogError and leaves the current model serving. The new space is published with one assignment.
         Above `exact_index_max_items` the model's prebuilt annoy file is memory-mapped when it matches;
@@ -389,10 +399,10 @@ class ItemCatalog:
             raise CatalogError(f"model {artifact.version}: some vectors are zero or not finite")
         vectors = (vectors / norms[:, None]).astype(np.float32)
 
-        for item in artifact.catalog:  # newer metadata wins; the live topic wins ties
-            current = self._items.get(item.item_id)
-            if current is None or item.updated_at > current.updated_at:
+        for item in artifact.catalog:  # the live topic always wins; the snapshot fills in what it never mentioned
+            if item.item_id not in self._items or item.item_id in self._from_model:
                 self._items[item.item_id] = item
+                self._from_model.add(item.item_id)
 
         m = len(ids)
         projector = FeatureProjector(dim, self._encoder)

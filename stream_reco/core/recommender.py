@@ -10,10 +10,18 @@ The faust worker, the in-process replay, the evaluation and the benchmarks all d
 Time comes only from event timestamps (`now_ms`), so replaying a log with the same model and settings
 gives the same lists. Per-visitor state goes through a `VisitorStore`: a dict here, a faust table in the
 worker. Shop-wide statistics (co-visitation, popularity) live in this object.
+
+The shop clock: `clock` is the latest time an event was applied at. An event is applied at its own
+timestamp, but at most `MAX_CLOCK_STEP_MS` past the clock (and at most the caller's `now_ms`, which a
+worker sets to its wall clock plus the allowed skew), so one event stamped 2099 by a buggy producer
+counts as one event a day ahead at most: its fair share, instead of decaying every other count to nothing and
+ending every visitor's suppressions. Late events are applied at their own (older) time, where decay
+gives them their fair, smaller share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -63,6 +71,13 @@ COVIS_BACKWARD_WEIGHT = 1.0
 #: events up to then already live in the priors, so replaying them (a warm-up, a worker re-reading the
 #: topic) updates visitor state but not the shop statistics again
 PRIORS_UNTIL_KEY = "last_event_ms"
+#: the most one event may move the shop clock forward (1 day). Why a day: time must still move on after a
+#: quiet night or a closed day (a gap up to a day is applied exactly, a longer one within a few events,
+#: as replays of sparse logs need), while one event stamped far ahead counts at most 2^(24/168) = 1.10
+#: times a current event in popularity (half-life 168 h), ends no purchase suppression (14 days) and
+#: decays only its own visitor's interests, once, by at most 21% (72 h). Without `now_ms`, N such events
+#: can move the clock N days; a worker passes its wall clock (plus skew) as `now_ms`, which bounds it.
+MAX_CLOCK_STEP_MS = 86_400_000
 
 
 @runtime_checkable
@@ -112,14 +127,23 @@ class Recommender:
         self.settings = settings
         self.catalog = catalog
         self.store: VisitorStore = store if store is not None else InMemoryVisitorStore()
-        self.covis = CoVisitation(settings.covis_neighbours, backward_weight=COVIS_BACKWARD_WEIGHT)
-        self.popularity = Popularity(settings.popularity_half_life_h)
+        self.covis = CoVisitation(
+            settings.covis_neighbours, backward_weight=COVIS_BACKWARD_WEIGHT, max_items=settings.stats_max_items
+        )
+        self.popularity = Popularity(
+            settings.popularity_half_life_h,
+            max_items=settings.stats_max_items,
+            max_categories=settings.popularity_max_categories,
+        )
         #: session-kNN index (shop-wide; learned from every event, also those the model priors count)
         self.sessions = SessionIndex(settings.sknn_max_sessions, settings.sknn_sessions_per_item)
         self.rules: list[Rule] = default_rules(settings)
         self.n_observed = 0
         self.n_duplicates = 0
         self.priors_until: int | None = None  # see PRIORS_UNTIL_KEY
+        self.clock: int | None = None  # the shop clock: latest time an event was applied at (module docstring)
+        self.n_clamped = 0  # events applied earlier than their timestamp (ahead of the clock or `now_ms`)
+        self.last_applied_ms: int | None = None  # the time the latest observed event was applied at
 
     # --- model and catalogue ---
 
@@ -145,8 +169,28 @@ class Recommender:
 
     # --- learning ---
 
-    def observe(self, event: Event) -> bool:
-        """Learn one event: visitor state and shop statistics. False (and no change) for a duplicate."""
+    def applied_time(self, event: Event, now_ms: int | None = None) -> int:
+        """The time `event` would be applied at now: its timestamp, at most `MAX_CLOCK_STEP_MS` past the
+        shop clock and at most `now_ms` (the caller's ceiling, e.g. wall clock plus allowed skew)."""
+        ts = int(event.timestamp)
+        if self.clock is not None:
+            ts = min(ts, self.clock + MAX_CLOCK_STEP_MS)
+        if now_ms is not None:
+            ts = min(ts, int(now_ms))
+        return max(ts, 0)
+
+    def observe(self, event: Event, now_ms: int | None = None) -> bool:
+        """Learn one event: visitor state and shop statistics. False (and no change) for a duplicate.
+
+        The event is applied at `applied_time(event, now_ms)` (`last_applied_ms` says when), which is its
+        own timestamp unless it runs ahead of the shop clock or of `now_ms`.
+        """
+        at = self.applied_time(event, now_ms)
+        if at != event.timestamp:
+            event = dataclasses.replace(event, timestamp=at)
+            clamped = True
+        else:
+            clamped = False
         key = event.visitor_key
         state = self.store.get(key)
         merged = False
@@ -169,17 +213,22 @@ class Recommender:
         vector = self.catalog.vector(event.item_id) if item is not None else None
         category = item.category_path if item is not None and item.category else None
         counted = self.priors_until is not None and event.timestamp <= self.priors_until
+        # an event from before the visitor's current session was not co-visited with its recent items
+        in_session = state.n_events == 0 or event.timestamp >= state.session_start
         if event.event_type != "dismiss" and not counted:
-            self._learn_stats(state, event, category or event.page_category)
+            self._learn_stats(state, event, category or event.page_category, covisit=in_session)
         consumable = event.event_type == "purchase" and item is not None and item.repurchasable and bool(category)
         suppressions = dict(state.purchase_categories) if consumable else None
         state.apply(event, self.settings, vector=vector, category=category)
         if suppressions is not None:
             self._keep_suppressions(state, suppressions)
-        if event.event_type != "dismiss" and self.settings.weight_sknn > 0:
+        if event.event_type != "dismiss" and self.settings.weight_sknn > 0 and in_session:
             self.sessions.add(key, state.session_start, event.item_id)
         self.store.put(key, state)
         self.n_observed += 1
+        self.n_clamped += clamped
+        self.clock = at if self.clock is None else max(self.clock, at)
+        self.last_applied_ms = at
         return True
 
     def _keep_suppressions(self, state: VisitorState, before: dict[str, int]) -> None:
@@ -195,11 +244,12 @@ class Recommender:
         state.purchase_categories.clear()
         state.purchase_categories.update((c, t) for c, t in before.items() if state.last_seen - t < window)
 
-    def _learn_stats(self, state: VisitorState, event: Event, category: str | None) -> None:
+    def _learn_stats(self, state: VisitorState, event: Event, category: str | None, covisit: bool = True) -> None:
         """Co-visit the item with the visitor's recent items (closer in time counts more); count it."""
         recent: list[tuple[str, float]] = []
         taken = {event.item_id}
-        for distance, h in enumerate(reversed(state.history[-self.settings.covis_window :]), start=1):
+        window = state.history[-self.settings.covis_window :] if covisit else []
+        for distance, h in enumerate(reversed(window), start=1):
             if h[2] in POSITIVE_CODES and h[0] not in taken:
                 taken.add(h[0])
                 recent.append((h[0], distance**-COVIS_DISTANCE_POWER))
@@ -387,11 +437,12 @@ class Recommender:
             model_version=self.model_version,
         )
 
-    def process(self, event: Event) -> Recommendation | None:
-        """Observe the event, then the visitor's new list at the event's time; None for a duplicate."""
-        if not self.observe(event):
+    def process(self, event: Event, now_ms: int | None = None) -> Recommendation | None:
+        """Observe the event, then the visitor's new list at the time it was applied; None for a duplicate."""
+        if not self.observe(event, now_ms=now_ms):
             return None
-        return self.recommendation(event.visitor_key, int(event.timestamp), trigger=event)
+        at = self.last_applied_ms if self.last_applied_ms is not None else int(event.timestamp)
+        return self.recommendation(event.visitor_key, at, trigger=event)
 
     def visitor(self, visitor_key: str) -> VisitorState | None:
         """The stored state of a visitor (None when unknown)."""

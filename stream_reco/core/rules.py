@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from stream_reco.core.events import CATEGORY_SEP, CatalogItem
+from stream_reco.core.limits import category_key
 from stream_reco.core.state import MS_PER_DAY, VisitorState
 from stream_reco.settings import Settings, SettingsError
 
@@ -76,12 +77,15 @@ class Recommendable:
 
 
 class NotDismissed:
-    """Never show an item the visitor dismissed again."""
+    """Never show an item the visitor dismissed again (also those older than `owned_cap`: the filter)."""
 
     name = "not_dismissed"
 
     def __call__(self, ctx: RuleContext, batch: Batch) -> np.ndarray | None:
-        dismissed = ctx.state.dismissed
+        state = ctx.state
+        if state.owned_filter is not None:
+            return _mask([not state.has_dismissed(i) for i in batch.ids])
+        dismissed = state.dismissed
         if not dismissed:
             return None
         return _mask([i not in dismissed for i in batch.ids])
@@ -93,7 +97,15 @@ class NotPurchased:
     name = "not_purchased"
 
     def __call__(self, ctx: RuleContext, batch: Batch) -> np.ndarray | None:
-        bought = ctx.state.purchased
+        state = ctx.state
+        if state.owned_filter is not None:  # a heavy buyer: purchases older than `owned_cap` count too
+            return _mask(
+                [
+                    (it is not None and it.repurchasable) or not state.has_purchased(i)
+                    for i, it in zip(batch.ids, batch.items, strict=True)
+                ]
+            )
+        bought = state.purchased
         if not bought:
             return None
         return _mask(
@@ -118,7 +130,8 @@ class SuppressPurchasedCategories:
         hidden = {c for c, t in ctx.state.purchase_categories.items() if ctx.now_ms - t < window}
         if not hidden:
             return None
-        return _mask([it is None or it.category_path not in hidden for it in batch.items])
+        # the state keeps bounded keys of category paths (limits.category_key), so compare keys
+        return _mask([it is None or category_key(it.category_path) not in hidden for it in batch.items])
 
 
 @dataclass(slots=True)
@@ -211,7 +224,7 @@ class ExcludeInteracted:
         if not ctx.exclude_interacted:
             return None
         s = ctx.state
-        return _mask([i not in s.seen and i not in s.purchased and i not in s.dismissed for i in batch.ids])
+        return _mask([i not in s.seen and not s.has_purchased(i) and not s.has_dismissed(i) for i in batch.ids])
 
 
 def default_rules(settings: Settings) -> list[Rule]:

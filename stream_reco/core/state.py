@@ -3,7 +3,18 @@
 A `VisitorState` is pure data plus the rules that update it; it never looks anything up itself. The
 caller (the recommender) passes in the item's vector and category, so the state can be replayed, merged,
 serialised and tested without a catalogue. Memory per visitor is bounded by the caps in the settings
-(history, owned items, interests, dedup window), so a worker's table grows with visitors, not with events.
+(history, owned items, interests, dedup window) and in `limits` (session categories, category keys), so a
+worker's table grows with visitors, not with events; and the serialised state never exceeds
+`max_state_bytes` (`VisitorState.fit`: the oldest parts are trimmed, owned items into the Bloom filter).
+
+Owned items: the last `owned_cap` purchases and dismissals are kept exactly (with their times); older
+ones go into a fixed-size Bloom filter (`core/bloom.py`, created on the first eviction), so a bought or
+dismissed item never comes back (a false positive only hides an item). `has_purchased`/`has_dismissed`
+answer for both.
+
+Time: an event older than the visitor's latest one (a late or out-of-order event) is recorded where it
+belongs in time, and never rewinds anything: it does not start or switch the session, owned-item and
+suppression times only move forward, and its pull on the interests is decayed by how late it is.
 
 Interests: one averaged visitor vector lands *between* two interests, where neither ANN recall nor
 relevance is good (annoy recall 0.998 on one-interest queries vs 0.906 on averaged two-interest ones,
@@ -21,6 +32,7 @@ live objects) compute the same lists. Format 1 (float32 vectors) is still read, 
 from __future__ import annotations
 
 import base64
+import bisect
 import math
 import sys
 from collections.abc import Iterable
@@ -30,7 +42,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream_reco.core.bloom import BITS as BLOOM_BITS
+from stream_reco.core.bloom import BloomFilter
 from stream_reco.core.events import CATEGORY_SEP, Event
+from stream_reco.core.limits import MAX_SESSION_CATEGORIES, optional_category_key
 from stream_reco.settings import Settings
 
 #: compact codes of event types in the stored history (keeps to_bytes small)
@@ -39,7 +54,8 @@ CODE_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
 #: codes of the events that express interest (a dismissal does not)
 POSITIVE_CODES = frozenset({0, 1, 2})
 
-#: version of the serialised layout (2: float16 interest vectors); from_bytes reads 1 and 2, rejects others
+#: version of the serialised layout (2: float16 interest vectors; the optional "ob" owned-items filter was
+#: added without a new version: readers that predate it ignore it); from_bytes reads 1 and 2, rejects others
 STATE_FORMAT = 2
 READABLE_FORMATS = (1, STATE_FORMAT)
 #: dtype of stored interest vectors per format
@@ -51,6 +67,14 @@ MS_PER_DAY = 86_400_000
 MIN_INTEREST_WEIGHT = 1e-3
 #: vectors shorter than this are treated as "no direction" (unknown item, fully cancelled interest)
 MIN_NORM = 1e-6
+#: bytes of JSON punctuation, a timestamp and a count around each stored string (upper bound, `byte_bound`)
+ENTRY_OVERHEAD = 40
+#: bytes of the fixed fields (format, times, counts, key names) of a serialised state (upper bound)
+FIXED_OVERHEAD = 512
+#: longest user id, session id (schemas/event.schema.json) and category key (limits.MAX_CATEGORY_KEY_CHARS)
+MAX_ID_CHARS = 256
+#: key kinds in the owned-items filter
+PURCHASED, DISMISSED = "p", "d"
 
 
 class StateError(ValueError):
@@ -178,12 +202,39 @@ def _closest_pair(interests: list[Interest]) -> tuple[int, int, float] | None:
     return min(i, j), max(i, j), float(sim[i, j])
 
 
-def _cap_recent(d: dict[str, int], key: str, ts: int, cap: int) -> None:
-    """Insert or refresh `key` as most recent, then drop the oldest entries beyond `cap`."""
-    d.pop(key, None)
-    d[key] = ts
+def _cap_recent(d: dict[str, int], key: str, ts: int, cap: int) -> list[str]:
+    """Insert or refresh `key` as most recent, then drop the oldest entries beyond `cap` (returned).
+
+    A key's time only moves forward: a late event refreshes the entry but keeps its newer time.
+    """
+    old = d.pop(key, None)
+    d[key] = ts if old is None else max(old, ts)
+    evicted = []
     while len(d) > cap:
-        del d[next(iter(d))]
+        gone = next(iter(d))
+        del d[gone]
+        evicted.append(gone)
+    return evicted
+
+
+def _json_cost(s: str) -> int:
+    """Upper bound of the bytes `s` takes as a JSON string body (orjson writes UTF-8, escapes controls)."""
+    n = len(s)
+    if s.isascii() and s.isprintable():
+        return 2 * n if '"' in s or "\\" in s else n
+    return 4 * n if s.isprintable() else 6 * n
+
+
+def _vector_bytes(v: np.ndarray) -> int:
+    """Upper bound of the bytes one interest takes serialised (base64 float16 vector, weight, time, count)."""
+    return 4 * (2 * len(v) + 2) // 3 + 3 * ENTRY_OVERHEAD
+
+
+def _count_category(counts: dict[str, int], category: str, n: int = 1) -> None:
+    """Count `category` in the session, dropping the least counted (then oldest) beyond the cap."""
+    if category not in counts and len(counts) >= MAX_SESSION_CATEGORIES:
+        del counts[min(counts, key=counts.__getitem__)]
+    counts[category] = counts.get(category, 0) + n
 
 
 @dataclass
@@ -207,11 +258,37 @@ class VisitorState:
     event_ids: list[str] = field(default_factory=list)  # recent event ids, to drop duplicates
     n_events: int = 0
     n_unknown: int = 0  # events whose item the catalogue did not know at the time
+    #: purchases ("p") and dismissals ("d") evicted from the exact dicts (None until the first eviction)
+    owned_filter: BloomFilter | None = None
+    #: `byte_bound` bookkeeping, not serialised: the bytes at the last exact measure (-1: unknown) and an
+    #: upper bound of what was added since (removals are not subtracted, so the sum stays an upper bound)
+    _measured: int = field(default=FIXED_OVERHEAD, repr=False, compare=False)
+    _added: int = field(default=0, repr=False, compare=False)
 
     # --- reading ---
 
     def has_seen_event(self, event_id: str) -> bool:
         return event_id in self.event_ids
+
+    def has_purchased(self, item_id: str) -> bool:
+        """Bought, recently (exact) or before the last `owned_cap` (the filter; may wrongly say yes)."""
+        return item_id in self.purchased or (
+            self.owned_filter is not None and self.owned_filter.contains(PURCHASED, item_id)
+        )
+
+    def has_dismissed(self, item_id: str) -> bool:
+        """Dismissed, recently (exact) or before the last `owned_cap` (the filter; may wrongly say yes)."""
+        return item_id in self.dismissed or (
+            self.owned_filter is not None and self.owned_filter.contains(DISMISSED, item_id)
+        )
+
+    def _forget_owned(self, kind: str, keys: Iterable[str]) -> None:
+        """Move items evicted from the exact purchased/dismissed dicts into the filter."""
+        for key in keys:
+            if self.owned_filter is None:
+                self.owned_filter = BloomFilter()
+                self._added += 4 * (BLOOM_BITS // 8 + 2) // 3 + ENTRY_OVERHEAD
+            self.owned_filter.add(kind, key)
 
     def session_active(self, now_ms: int, settings: Settings) -> bool:
         return self.n_events > 0 and now_ms - self.last_seen <= settings.session_gap_s * MS_PER_SECOND
@@ -267,43 +344,60 @@ class VisitorState:
 
         `vector` is the item's unit vector (None when the catalogue does not know the item yet: the event
         still counts and stays in the history, it only moves no interest); `category` is the item's
-        category path, or None to fall back on the event's page category.
+        category path, or None to fall back on the event's page category (kept as its bounded
+        `limits.category_key`). An event older than the latest one is late: see the module docstring.
         """
         ts = int(event.timestamp)
+        late = self.n_events > 0 and ts < self.last_seen
+        now = self.last_seen if late else ts
         code = EVENT_CODES.get(event.event_type, EVENT_CODES["view"])
-        self._roll_session(event, settings)
+        if not late:
+            self._roll_session(event, settings)
         if event.user_id:
             self.user_id = event.user_id
-        if event.session_id:
+        if not late and event.session_id:
             self.session_id = event.session_id
-        if event.page_category:
-            self.page_category = event.page_category
-        category = category or event.page_category or None
-        self.last_seen = max(self.last_seen, ts)
+        page = optional_category_key(event.page_category)
+        if not late and page:
+            self.page_category = page
+        category = optional_category_key(category) or page or None
+        self.last_seen = now
         self.n_events += 1
         if vector is None:
             self.n_unknown += 1
+        self._added += (
+            _json_cost(event.event_id) + 4 * _json_cost(event.item_id) + 3 * _json_cost(category or "")
+            + _json_cost(page or "") + _json_cost(event.user_id or "") + _json_cost(event.session_id or "")
+            + 10 * ENTRY_OVERHEAD + (_vector_bytes(vector) if vector is not None else 0)
+        )
 
         self.event_ids.append(event.event_id)
         if len(self.event_ids) > settings.dedup_window:
             del self.event_ids[: len(self.event_ids) - settings.dedup_window]
-        self.history.append((event.item_id, ts, code))
+        entry = (event.item_id, ts, code)
+        if late:
+            bisect.insort(self.history, entry, key=lambda h: h[1])
+        else:
+            self.history.append(entry)
         if len(self.history) > settings.history_cap:
             del self.history[: len(self.history) - settings.history_cap]
         _cap_recent(self.seen, event.item_id, ts, settings.owned_cap)
 
-        if code in POSITIVE_CODES and category:
-            self.session_categories[category] = self.session_categories.get(category, 0) + 1
+        if code in POSITIVE_CODES and category and ts >= self.session_start:
+            _count_category(self.session_categories, category)
         if event.event_type == "purchase":
-            _cap_recent(self.purchased, event.item_id, ts, settings.owned_cap)
+            self._forget_owned(PURCHASED, _cap_recent(self.purchased, event.item_id, ts, settings.owned_cap))
             if category:
                 _cap_recent(self.purchase_categories, category, ts, settings.owned_cap)
         elif event.event_type == "dismiss":
-            _cap_recent(self.dismissed, event.item_id, ts, settings.owned_cap)
+            self._forget_owned(DISMISSED, _cap_recent(self.dismissed, event.item_id, ts, settings.owned_cap))
         self._forget_old_purchase_categories(settings)
 
         if vector is not None:
-            update_interests(self.interests, vector, event_weight(settings, event.event_type), ts, settings)
+            # a late event pulls with the weight it would have left by now (its fair, decayed share)
+            late_by = decay_factor(now - ts, settings.interest_half_life_h * MS_PER_HOUR)
+            update_interests(self.interests, vector, event_weight(settings, event.event_type) * late_by, now, settings)
+        self.keep_within(settings.max_state_bytes)
 
     def _roll_session(self, event: Event, settings: Settings) -> None:
         """Start a new session after `session_gap_s` of inactivity or when the session id changes."""
@@ -331,17 +425,24 @@ class VisitorState:
         half_life = settings.interest_half_life_h * MS_PER_HOUR
         merged_history = sorted(self.history + other.history, key=lambda h: h[1])  # stable: ties keep order
         self.history = merged_history[-settings.history_cap :]
-        for src, dst in (
-            (other.seen, self.seen),
-            (other.purchased, self.purchased),
-            (other.dismissed, self.dismissed),
-            (other.purchase_categories, self.purchase_categories),
+        for src, dst, kind in (
+            (other.seen, self.seen, None),
+            (other.purchased, self.purchased, PURCHASED),
+            (other.dismissed, self.dismissed, DISMISSED),
+            (other.purchase_categories, self.purchase_categories, None),
         ):
             for key, ts in sorted(src.items(), key=lambda kv: (kv[1], kv[0])):
                 if ts >= dst.get(key, ts):
-                    _cap_recent(dst, key, ts, settings.owned_cap)
+                    evicted = _cap_recent(dst, key, ts, settings.owned_cap)
+                    if kind is not None:
+                        self._forget_owned(kind, evicted)
                 else:
                     dst.setdefault(key, ts)
+        if other.owned_filter is not None:
+            if self.owned_filter is None:
+                self.owned_filter = BloomFilter(bytearray(other.owned_filter.bits))
+            else:
+                self.owned_filter.union(other.owned_filter)
         ids = self.event_ids + [e for e in other.event_ids if e not in self.event_ids]
         self.event_ids = ids[-settings.dedup_window :]
         now = max(self.last_seen, other.last_seen)
@@ -350,7 +451,7 @@ class VisitorState:
         if other.last_seen >= self.last_seen:  # the session is the latest activity: it is the current one
             if self.session_id is not None and self.session_id == other.session_id:
                 for c, n in other.session_categories.items():
-                    self.session_categories[c] = self.session_categories.get(c, 0) + n
+                    _count_category(self.session_categories, c, n)
                 self.session_start = min(self.session_start, other.session_start)
             else:
                 self.session_categories = dict(other.session_categories)
@@ -362,6 +463,88 @@ class VisitorState:
         self.n_events += other.n_events
         self.n_unknown += other.n_unknown
         self._forget_old_purchase_categories(settings)
+        self._added += other.byte_bound()
+        self.keep_within(settings.max_state_bytes)
+
+    # --- size ---
+
+    def byte_bound(self) -> int:
+        """A cheap upper bound of `len(self.to_bytes())`: the size last measured plus what was added since.
+
+        O(1): `keep_within` serialises only when this passes the limit, and then measures afresh (so an
+        ordinary state is serialised for its size once every few thousand events, not on every one).
+        """
+        if self._measured < 0:
+            self._measured, self._added = len(self.to_bytes()), 0
+        return self._measured + self._added
+
+    def keep_within(self, max_bytes: int) -> bool:
+        """Trim the oldest, least useful parts until `to_bytes()` fits in `max_bytes`; True if it trimmed.
+
+        The worker writes each state as one changelog message, which the broker rejects (or drops) past
+        its `message.max.bytes`. Trimmed in turn, each time by half, until it fits: items seen, history,
+        dedup ids, session categories, purchase-category suppressions, and the exact purchased and
+        dismissed items (into the Bloom filter, so they stay hidden). What cannot be trimmed (ids,
+        interests, the filter: ~13 KB at 64 dimensions) is the floor: see `state_bytes_bound`.
+        """
+        if self.byte_bound() <= max_bytes:
+            return False
+        size = len(self.to_bytes())
+        self._measured, self._added = size, 0
+        trimmed = False
+        steps = (self._halve_seen, self._halve_history, self._halve_event_ids, self._halve_session_categories,
+                 self._halve_purchase_categories, self._halve_purchased, self._halve_dismissed)
+        while size > max_bytes:
+            progressed = False
+            for step in steps:
+                if size <= max_bytes:
+                    break
+                if step():
+                    progressed = trimmed = True
+                    size = len(self.to_bytes())
+            if not progressed:
+                break
+        self._measured, self._added = size, 0
+        return trimmed
+
+    @staticmethod
+    def _drop_oldest(d: dict[str, int]) -> list[str]:
+        gone = list(d)[: (len(d) + 1) // 2]
+        for k in gone:
+            del d[k]
+        return gone
+
+    def _halve_seen(self) -> bool:
+        return bool(self._drop_oldest(self.seen))
+
+    def _halve_history(self) -> bool:
+        n = (len(self.history) + 1) // 2
+        del self.history[:n]
+        return n > 0
+
+    def _halve_event_ids(self) -> bool:
+        n = (len(self.event_ids) + 1) // 2
+        del self.event_ids[:n]
+        return n > 0
+
+    def _halve_session_categories(self) -> bool:
+        ranked = sorted(self.session_categories.items(), key=lambda kv: -kv[1])  # stable: older first on ties
+        keep = len(ranked) // 2
+        self.session_categories = dict(kv for kv in self.session_categories.items() if kv in ranked[:keep])
+        return bool(ranked)
+
+    def _halve_purchase_categories(self) -> bool:
+        return bool(self._drop_oldest(self.purchase_categories))
+
+    def _halve_purchased(self) -> bool:
+        gone = self._drop_oldest(self.purchased)
+        self._forget_owned(PURCHASED, gone)
+        return bool(gone)
+
+    def _halve_dismissed(self) -> bool:
+        gone = self._drop_oldest(self.dismissed)
+        self._forget_owned(DISMISSED, gone)
+        return bool(gone)
 
     # --- serialisation ---
 
@@ -386,6 +569,7 @@ class VisitorState:
             "i": [[_b64(it.vector), it.weight, it.updated_at, it.count] for it in self.interests],
             "e": self.event_ids,
             "nu": self.n_unknown,
+            "ob": self.owned_filter.to_text() if self.owned_filter is not None else None,
         }
         d.update({k: v for k, v in optional.items() if v})
         return d
@@ -420,12 +604,16 @@ class VisitorState:
             event_ids=[str(e) for e in d.get("e", ())],
             n_events=int(d.get("n", 0)),
             n_unknown=int(d.get("nu", 0)),
+            owned_filter=BloomFilter.from_text(d["ob"]) if d.get("ob") else None,
+            _measured=-1,
         )
 
     @classmethod
     def from_bytes(cls, b: bytes) -> VisitorState:
         try:
-            return cls.from_dict(orjson.loads(b))
+            state = cls.from_dict(orjson.loads(b))
+            state._measured = len(b)
+            return state
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, StateError):
                 raise
@@ -434,6 +622,18 @@ class VisitorState:
     def approx_memory_bytes(self) -> int:
         """Rough in-memory size (objects reachable from this state), for benchmarks and reports."""
         return _deep_size(self)
+
+
+def state_bytes_bound(settings: Settings) -> int:
+    """The guaranteed upper bound of `len(VisitorState.to_bytes())` for a state the core updated under
+    `settings`: `max_state_bytes`, or the untrimmable floor if that is larger (user and session ids at the
+    schema's 256 characters, the page category key, `max_interests` vectors and the owned-items filter;
+    about 13 KB at 64 dimensions), whatever the events. The worker may rely on it for its changelog writes.
+    """
+    ids = 3 * (6 * MAX_ID_CHARS + ENTRY_OVERHEAD)  # user id, session id, page category key (all <= 256 chars)
+    vectors = settings.max_interests * _vector_bytes(np.zeros(settings.embedding_dim))
+    owned = 4 * (BLOOM_BITS // 8 + 2) // 3 + ENTRY_OVERHEAD
+    return max(settings.max_state_bytes, FIXED_OVERHEAD + ids + vectors + owned)
 
 
 #: decoded states a `DecodedStates` keeps (a worker batch touches at most `batch_size` visitors, 256 by default)

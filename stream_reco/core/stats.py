@@ -1,10 +1,16 @@
 """Shop-wide statistics learned from the stream: item co-visitation and decayed popularity.
 
-Both are incremental (one small update per event), bounded (co-visitation keeps the top
-`covis_neighbours` per item; popularity keeps a top list per category) and deterministic: every ordering
-breaks ties by item id and no result depends on set or dict iteration order of unordered inputs. Priors
-from a model artifact sit beside the streamed counts, so a hot swap replaces the priors without
+Both are incremental (one small update per event), bounded and deterministic: every ordering breaks
+ties by item id and no result depends on set or dict iteration order of unordered inputs. Priors from a
+model artifact sit beside the streamed counts, so a hot swap replaces the priors without
 double-counting what the stream taught.
+
+Bounds (no input can grow them without limit): co-visitation keeps the top `covis_neighbours` per item
+and at most `max_items` items (the least recently co-visited are dropped first); popularity keeps at
+most `max_items` item counts (the lowest dropped), a top list of `top_cap` per category and at most
+`max_categories` categories (those whose best item is weakest dropped; never the shop-wide one), each
+keyed by its bounded `limits.category_key`; the session-kNN index keeps `max_sessions` sessions of at
+most `max_session_items` items each and forgets items whose sessions are all gone.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
 from stream_reco.core.events import CATEGORY_SEP
+from stream_reco.core.limits import category_key
 
 MS_PER_HOUR = 3_600_000
 #: an item's neighbour map may grow to this multiple of the cap before it is pruned back (amortises sorting)
@@ -23,6 +30,18 @@ POPULAR_TOP_CAP = 200
 #: rescale the stored popularity counts once the growth exponent passes this many half-lives (no overflow)
 RESCALE_HALF_LIVES = 64.0
 GLOBAL = ""  # the category key of shop-wide popularity
+#: a capped map may grow this fraction past its cap before it is pruned back (amortises the pruning)
+CAP_SLACK = 0.1
+#: items one session-kNN session keeps (longer sessions are bots or crawlers; the first items stay)
+SKNN_SESSION_ITEMS_CAP = 500
+#: item lists of the session-kNN index are swept for items whose sessions are all gone at this many items
+#: (and then at twice the number left), so dead items cost amortised O(1)
+SKNN_SWEEP_MIN_ITEMS = 10_000
+
+
+def _pruned_size(cap: int) -> int:
+    """The size a capped map may reach before it is pruned back to `cap`."""
+    return cap + max(1, int(cap * CAP_SLACK))
 
 
 def _top(items: Iterable[tuple[str, float]], n: int) -> list[tuple[str, float]]:
@@ -38,8 +57,15 @@ class CoVisitation:
     replaced on every model load; a lookup adds the two, scaled by `prior_weight`.
     """
 
-    def __init__(self, max_neighbours: int, prior_weight: float = 1.0, backward_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        max_neighbours: int,
+        prior_weight: float = 1.0,
+        backward_weight: float = 1.0,
+        max_items: int = 1_000_000,
+    ) -> None:
         self.max_neighbours = max(1, int(max_neighbours))
+        self.max_items = max(1, int(max_items))
         self.prior_weight = prior_weight
         self.backward_weight = backward_weight
         self.pairs: dict[str, dict[str, float]] = {}
@@ -60,12 +86,16 @@ class CoVisitation:
         for x, y, w in ((a, b, weight), (b, a, weight * backward)):
             if w <= 0:
                 continue
-            nbrs = self.pairs.get(x)
+            nbrs = self.pairs.pop(x, None)  # re-inserted last: `pairs` runs least recently co-visited first
             if nbrs is None:
-                nbrs = self.pairs[x] = {}
+                nbrs = {}
             nbrs[y] = nbrs.get(y, 0.0) + w
             if len(nbrs) > self._limit:
-                self.pairs[x] = dict(_top(nbrs.items(), self.max_neighbours))
+                nbrs = dict(_top(nbrs.items(), self.max_neighbours))
+            self.pairs[x] = nbrs
+        if len(self.pairs) > _pruned_size(self.max_items):
+            for gone in list(self.pairs)[: len(self.pairs) - self.max_items]:
+                del self.pairs[gone]
 
     def observe(self, item: str, recent: Sequence[tuple[str, float]]) -> None:
         """Co-visit `item` with each of the visitor's earlier items, each with its own weight.
@@ -138,10 +168,11 @@ def category_prefixes(category_path: str) -> list[str]:
     """Every ancestor path of a category, itself included, then the global key.
 
     "A/B/C" -> ["A/B/C", "A/B", "A", ""]: an item counts towards each level, so best-sellers of a parent
-    page ("Furniture/Living room") include its sub-categories' items.
+    page ("Furniture/Living room") include its sub-categories' items. The path is first bounded
+    (`limits.category_key`: at most 8 levels and 256 characters), so one event adds at most 9 keys.
     """
     out = []
-    path = category_path
+    path = category_key(category_path)
     while path:
         out.append(path)
         path = path.rsplit(CATEGORY_SEP, 1)[0] if CATEGORY_SEP in path else ""
@@ -158,9 +189,17 @@ class DecayedCounts:
     top lists stay exact without touching every item on every event.
     """
 
-    def __init__(self, half_life_h: float, top_cap: int = POPULAR_TOP_CAP) -> None:
+    def __init__(
+        self,
+        half_life_h: float,
+        top_cap: int = POPULAR_TOP_CAP,
+        max_items: int = 1_000_000,
+        max_categories: int = 10_000,
+    ) -> None:
         self.half_life_ms = max(half_life_h, 1e-9) * MS_PER_HOUR
         self.top_cap = top_cap
+        self.max_items = max(1, int(max_items))
+        self.max_categories = max(2, int(max_categories))
         self.ref: int | None = None
         self.scores: dict[str, float] = {}
         self.tops: dict[str, _TopTracker] = {}
@@ -179,8 +218,26 @@ class DecayedCounts:
         for cat in category_prefixes(category_path or ""):
             tracker = self.tops.get(cat)
             if tracker is None:
+                if len(self.tops) >= self.max_categories:
+                    self._drop_weakest_categories()
                 tracker = self.tops[cat] = _TopTracker(self.top_cap)
             tracker.offer(item, score)
+        if len(self.scores) > _pruned_size(self.max_items):
+            self._drop_weakest_items()
+
+    def _drop_weakest_categories(self) -> None:
+        """Make room for new categories: drop the tenth whose best item is weakest (never GLOBAL)."""
+        ranked = sorted(
+            (t.order[0][0] if t.order else 0.0, cat) for cat, t in self.tops.items() if cat != GLOBAL
+        )  # (-best score, path): weakest last
+        n = max(1, int(self.max_categories * CAP_SLACK))
+        for _, cat in ranked[-n:]:
+            del self.tops[cat]
+
+    def _drop_weakest_items(self) -> None:
+        """Back to `max_items` counts: the lowest go (their top-list entries stay until pushed out)."""
+        keep = heapq.nsmallest(self.max_items, self.scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        self.scores = dict(keep)
 
     def _rescale(self, new_ref: int) -> None:
         assert self.ref is not None
@@ -223,11 +280,19 @@ class Popularity:
     fade at the same half-life as streamed counts instead of dominating forever.
     """
 
-    def __init__(self, half_life_h: float, top_cap: int = POPULAR_TOP_CAP) -> None:
+    def __init__(
+        self,
+        half_life_h: float,
+        top_cap: int = POPULAR_TOP_CAP,
+        max_items: int = 1_000_000,
+        max_categories: int = 10_000,
+    ) -> None:
         self.half_life_h = half_life_h
         self.top_cap = top_cap
-        self.stream = DecayedCounts(half_life_h, top_cap)
-        self.prior = DecayedCounts(half_life_h, top_cap)
+        self.max_items = max_items
+        self.max_categories = max_categories
+        self.stream = self._counts()
+        self.prior = self._counts()
         self._pending_prior: list[tuple[str, str, float]] = []
         self.clock: int | None = None  # latest event time seen
 
@@ -239,13 +304,16 @@ class Popularity:
         `as_of` is the time the counts are valid at (the end of the training log) when the model says so;
         otherwise the latest event seen, or the first one to come.
         """
-        self.prior = DecayedCounts(self.half_life_h, self.top_cap)
+        self.prior = self._counts()
         self._pending_prior = [
             (item, category_of.get(item, ""), float(w)) for item, w in sorted(popularity.items()) if w > 0
         ]
         when = as_of if as_of is not None else self.clock
         if when is not None:
             self._materialise(when)
+
+    def _counts(self) -> DecayedCounts:
+        return DecayedCounts(self.half_life_h, self.top_cap, self.max_items, self.max_categories)
 
     def _materialise(self, ts: int) -> None:
         for item, cat, w in self._pending_prior:
@@ -267,6 +335,7 @@ class Popularity:
         """The `n` most popular items of a category path (GLOBAL: the whole shop), streamed + prior."""
         if self._pending_prior:
             self._materialise(now_ms)
+        category = category_key(category)
         a = self.stream.top(category, n, now_ms)
         b = self.prior.top(category, n, now_ms)
         if not b:
@@ -290,9 +359,11 @@ class SessionIndex:
     Deterministic: sessions get increasing ids in stream order and every ordering breaks ties by id.
     """
 
-    def __init__(self, max_sessions: int, per_item: int) -> None:
+    def __init__(self, max_sessions: int, per_item: int, max_session_items: int = SKNN_SESSION_ITEMS_CAP) -> None:
         self.max_sessions = max(1, int(max_sessions))
         self.per_item = max(1, int(per_item))
+        self.max_session_items = max(1, int(max_session_items))
+        self._sweep_at = SKNN_SWEEP_MIN_ITEMS
         self.ids: dict[tuple[str, int], int] = {}  # session key -> id
         self.keys: dict[int, tuple[str, int]] = {}  # id -> session key (insertion order: oldest first)
         self.items: dict[int, dict[str, None]] = {}  # id -> its distinct items, in first-view order
@@ -313,15 +384,25 @@ class SessionIndex:
                 del self.ids[self.keys.pop(old)]
                 del self.items[old]
         items = self.items[sid]
-        if item in items:
+        if item in items or len(items) >= self.max_session_items:
             return
         items[item] = None
         lst = self.by_item.get(item)
         if lst is None:
+            if len(self.by_item) >= self._sweep_at:
+                self._sweep()
             lst = self.by_item[item] = []
         lst.append(sid)
         if len(lst) > 2 * self.per_item:  # amortised trim
             del lst[: len(lst) - self.per_item]
+
+    def _sweep(self) -> None:
+        """Forget the items whose remembered sessions are all gone (amortised: the threshold doubles)."""
+        live = self.items
+        self.by_item = {
+            item: kept for item, sids in self.by_item.items() if (kept := [s for s in sids if s in live])
+        }
+        self._sweep_at = max(SKNN_SWEEP_MIN_ITEMS, 2 * len(self.by_item))
 
     def session_id(self, visitor: str, session_start: int) -> int | None:
         return self.ids.get((visitor, int(session_start)))

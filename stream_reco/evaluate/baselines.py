@@ -1,4 +1,5 @@
-"""The four reference baselines of docs/evaluation.md, behind the one interface every evaluated method has.
+"""POP, RPOP, COVIS and SKNN of docs/evaluation.md, behind the one interface every evaluated method has
+(V-SKNN, STAN and VSTAN, which extend SKNN, are in `session_knn.py`).
 
     fit(train_records)                      learn the training part (default: `learn` each record)
     recommend(visitor, now_ms, k, exclude)  top-k item ids for the visitor at time now_ms, without `exclude`

@@ -7,9 +7,10 @@ view-like signal with ``target=False``: every method learns from them, none is e
 Keeping them as views (instead of inventing an event type) means the core and the stream adapter need no
 special case; only the evaluation looks at the flag.
 
-Readers stream their file row by row (constant memory; Diginetica keeps one session in memory because a
-session's time base is its earliest date). `load_log` then sorts the whole log by time with a stable sort,
-which the protocol needs for its 80/20 split and which also orders files that are not time-ordered.
+Readers stream their file row by row through the project's one log reader, `stream_reco.logs` (constant
+memory; Diginetica keeps one session in memory because a session's time base is its earliest date).
+`load_log` then sorts the whole log by time with a stable sort, which the protocol needs for its 80/20
+split and which also orders files that are not time-ordered.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stream_reco import logs
 from stream_reco.core.events import CatalogItem, Event, EventType
-from stream_reco.schemas import InvalidMessage, decode_event, decode_item
-from stream_reco.shop.logs import LogFormatError  # one error type for every log reader
+from stream_reco.logs import LogFormatError  # one error type for every log reader
 
 MS_PER_S = 1000
 DAY_H = 24.0
@@ -34,7 +35,6 @@ DAY_H = 24.0
 JD_TIMELINE_ORIGIN_MS = 1_577_836_800_000
 # bytes of progress accumulated before tqdm is updated, so progress costs nothing per row
 _PROGRESS_CHUNK = 1 << 16
-_SNIFF_BYTES = 4096
 SIBLING_CATALOG = "catalog.jsonl"
 
 
@@ -121,21 +121,10 @@ class _Progress:
 
 
 def _csv_rows(path: Path, delimiter: str, desc: str, progress: bool) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) for every data row of a CSV file with a header, streamed."""
+    """(line number, row) for every data row of a CSV file with a header, streamed (`logs.csv_rows`)."""
     bar = _Progress(path, desc, progress)
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            header_line = fh.readline()
-            bar.advance(len(header_line))
-            header = next(csv.reader([header_line], delimiter=delimiter))
-            for lineno, line in enumerate(fh, start=2):
-                bar.advance(len(line))
-                if not line.strip():
-                    continue
-                values = next(csv.reader([line], delimiter=delimiter))
-                if len(values) != len(header):
-                    raise LogFormatError(f"{path}:{lineno}: expected {len(header)} columns, got {len(values)}")
-                yield lineno, dict(zip(header, values, strict=True))
+        yield from logs.csv_rows(path, delimiter, bar.advance)
     finally:
         bar.close()
 
@@ -156,31 +145,16 @@ def iter_jsonl_events(path: str | os.PathLike[str], progress: bool = True) -> It
     path = Path(path)
     bar = _Progress(path, f"read {path.name}", progress)
     try:
-        with open(path, "rb") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                bar.advance(len(line))
-                if not line.strip():
-                    continue
-                try:
-                    event = decode_event(line.rstrip(b"\r\n"), max_bytes=len(line))
-                except InvalidMessage as exc:
-                    raise LogFormatError(f"{path}:{lineno}: not a contract event: {exc}") from exc
-                yield LogRecord(event, target=event.event_type != "dismiss")
+        for _, event in logs.read_events(path, bar.advance):
+            yield LogRecord(event, target=event.event_type != "dismiss")
     finally:
         bar.close()
 
 
 def iter_catalog_jsonl(path: str | os.PathLike[str]) -> Iterator[CatalogItem]:
     """Contract catalog items, one JSON object per line, schema-validated (later lines of an id are upserts)."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield decode_item(line.rstrip(b"\r\n"), max_bytes=len(line))
-            except InvalidMessage as exc:
-                raise LogFormatError(f"{path}:{lineno}: not a contract catalog item: {exc}") from exc
+    for _, item in logs.read_items(path):
+        yield item
 
 
 # --------------------------------------------------------------------------- Taobao UserBehavior
@@ -346,8 +320,8 @@ _CATALOG_READERS: dict[str, Callable[..., Iterator[CatalogItem]]] = {
 def sniff_format(path: str | os.PathLike[str]) -> str:
     """`jsonl`, `taobao`, `jd` or `diginetica`, from the file's first line (names are not trusted)."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(_SNIFF_BYTES)
+    with logs.open_log(path) as fh:
+        head = fh.read(logs.SNIFF_BYTES)
     first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().lstrip("\ufeff")
     if first.startswith("{"):
         return "jsonl"

@@ -32,6 +32,7 @@ from typing import Any
 import click
 import orjson
 
+from stream_reco.exit_codes import EXIT_FAILURE, EXIT_OK, signal_status
 from stream_reco.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,9 @@ async def _live(settings: Settings, shop: Path, rate: float, show_every_s: float
 
 def _split_log(shop: Path, train_fraction: float) -> tuple[Path, Path]:
     """Training part (older events) and replay part (newer events) of the simulated log, by time order."""
-    lines = [line for line in (shop / "events.jsonl").read_bytes().splitlines() if line.strip()]
+    from stream_reco.logs import iter_lines
+
+    lines = [line for _, line in iter_lines(shop / "events.jsonl")]
     cut = int(len(lines) * train_fraction)
     train, replay = shop / "train.jsonl", shop / "replay.jsonl"
     train.write_bytes(b"".join(line + b"\n" for line in lines[:cut]))
@@ -407,13 +410,13 @@ def run_demo(base: Settings, size: str, seed: int, rate: float, max_events: int 
                     "p50": stats.percentile(50), "p95": stats.percentile(95), "p99": stats.percentile(99)},
             }, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
             click.echo(f"this run's files (simulated shop, model, demo-summary.json): {work}")
-            return 0 if summary.ok and stats.lists > 0 else 1
+            return EXIT_OK if summary.ok and stats.lists > 0 else EXIT_FAILURE
         except KeyboardInterrupt:
             outcome = "interrupted"
             name = "SIGTERM" if signal.SIGTERM in signals else "Ctrl-C"
             click.echo(f"\n{name}: stopping (a second Ctrl-C kills the worker instead of waiting for it)")
             click.echo(f"this run's files so far: {work}")
-            return 128 + (signal.SIGTERM if signal.SIGTERM in signals else signal.SIGINT)
+            return signal_status(signal.SIGTERM if signal.SIGTERM in signals else signal.SIGINT)
         finally:
             # each step runs even when an earlier one fails or is interrupted; a second Ctrl-C hurries the worker
             # (killed instead of waited for) and keeps the topics, but the broker the demo started is still stopped

@@ -2,7 +2,7 @@
 
 Why: a shop's historical export, or a simulated shop, is how the system is loaded, demonstrated and
 benchmarked. Replay reads the files record by record (constant memory, any size; see
-`stream_reco.shop.logs` for the formats), checks every record against the contract, and sends only the valid
+`stream_reco.logs` for the formats), checks every record against the contract, and sends only the valid
 ones; the rejected ones are counted and the first few reported with their line numbers and reasons, so the
 export can be fixed. Order of work:
 
@@ -39,10 +39,10 @@ from typing import Any
 import click
 import orjson
 
+from stream_reco.logs import LogFormatError, LogRecord, count_lines, read_log
 from stream_reco.schemas import InvalidMessage
 from stream_reco.settings import Settings
 from stream_reco.shop.client import DeliveryError, EventProducer, Prepared
-from stream_reco.shop.logs import LogFormatError, LogRecord, count_lines, read_log
 
 MAX_REPORTED_REJECTIONS = 10  # rejections kept with line and reason; the rest are only counted
 MIN_SLEEP_S = 0.002  # pacing sleeps only when this far ahead: shorter sleeps cost more than they pace
@@ -340,7 +340,7 @@ def replay_cmd(state: Any, log: str, catalog_path: str | None, updates_path: str
     """
     from aiokafka.errors import KafkaConnectionError
 
-    from stream_reco.cli import EXIT_BROKER_NOT_READY, EXIT_FAILURE, EXIT_REJECTED, EXIT_USAGE
+    from stream_reco.exit_codes import EXIT_BROKER_NOT_READY, EXIT_FAILURE, EXIT_REJECTED, EXIT_USAGE
 
     settings: Settings = state.settings
     show = sys.stderr.isatty() if progress is None else progress

@@ -209,7 +209,7 @@ def tail_cmd(state: Any, user: str | None, from_beginning: bool, max_lists: int 
     """Print recommendation lists as they are published."""
     from aiokafka.errors import KafkaConnectionError
 
-    from stream_reco.cli import EXIT_BROKER_NOT_READY, EXIT_FAILURE
+    from stream_reco.exit_codes import EXIT_BROKER_NOT_READY, EXIT_FAILURE
 
     settings: Settings = state.settings
     try:

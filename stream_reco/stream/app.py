@@ -38,7 +38,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,16 +47,16 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from stream_reco import redact, schemas
 from stream_reco.core.events import CatalogItem, Event, Recommendation
 from stream_reco.core.recommender import Recommender
 from stream_reco.core.state import DecodedStates, VisitorState
+from stream_reco.exit_codes import EXIT_RESTART
 from stream_reco.model import artifact as model_artifact
 from stream_reco.settings import Settings
-from stream_reco.stream import joins
+from stream_reco.stream import admission, faust_internals, joins, topics
 from stream_reco.stream.recovery import DeliveryWatch, StallWatch, StatsRecovery
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ STATS_INTERVAL_S = 10.0
 RECOVERY_WATCH_S = 5.0
 #: longest wait for the broker's log end offsets in a delivery check (the next check asks again)
 DELIVERY_QUERY_TIMEOUT_S = 5.0
+#: how often the joins agent looks again whether what it waits for is there (start-up, a partition's commit)
+JOIN_POLL_S = 0.02
 
 
 def faust_broker_url(settings: Settings) -> str:
@@ -94,20 +96,24 @@ def faust_credentials(settings: Settings) -> Any:
 #: sends no new fetch to a broker while one is open, so a partition whose records were still being handed
 #: over when the fetch left waits for it: up to 1.5 s of extra latency at low rates (docs/benchmarks.md).
 FETCH_MAX_WAIT_MS = 50
+#: the largest visitor state written to the changelog: below the broker's default `max.message.bytes`
+#: (1048588) that faust's changelog topics get, with room for the key and the record's overhead
+CHANGELOG_MAX_BYTES = 1_000_000
+#: latest published lists kept for the HTTP view, least recently used dropped first (~1-2 kB each, so tens
+#: of MB at the cap); a visitor past the cap is answered from its recovered state, as after a restart
+LATEST_LISTS_CAP = 20_000
+#: how often the visitor TTL sweep runs, and how many visitors one run examines at most (a run decodes each,
+#: ~30 us: a few tens of ms per run, so the event loop is never held for long; 1 M visitors take ~40 min)
+SWEEP_INTERVAL_S = 2.5
+SWEEP_KEYS_PER_TICK = 1_000
+MS_PER_DAY = 86_400_000
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    """faust's Kafka consumer with `FETCH_MAX_WAIT_MS` (faust offers no setting for it)."""
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+def list_time(recommender: Recommender, trigger: Event) -> int:
+    """The time a list triggered by `trigger` is computed at: the trigger's own time, but never past the shop
+    clock, since the core applied the trigger no later than that (a clamped event, core/recommender.py)."""
+    clock = recommender.clock
+    return int(trigger.timestamp if clock is None else min(trigger.timestamp, clock))
 
 
 class TableStore:
@@ -116,10 +122,18 @@ class TableStore:
     `partition` is set by the agent to the partition of the event being applied: state for that event's
     visitor is written to the matching changelog partition. Other keys (a session joined to a user on
     login) are placed with Kafka's default partitioner, as a shop's producer would key them.
+
+    A state whose bytes exceed `max_state_bytes` is never written: the broker would refuse it (or drop it
+    silently), and the table and its changelog would disagree from then on. The visitor keeps its previous
+    state (the event's change to it is lost, logged and counted in `oversized`); the core caps the state so that
+    this is the last line of defence, not the way states are bounded.
     """
 
-    def __init__(self, table: Any, partitions: int) -> None:
+    def __init__(self, table: Any, partitions: int, max_state_bytes: int = CHANGELOG_MAX_BYTES) -> None:
         self.table = table
+        self.max_state_bytes = max_state_bytes
+        #: states not written because they were too large
+        self.oversized = 0
         self.partitions = list(range(partitions))
         self.partition: int | None = None
         self.current_key: str | None = None
@@ -140,6 +154,12 @@ class TableStore:
     def put(self, key: str, state: VisitorState) -> None:
         kb = key.encode()
         value = state.to_bytes()
+        if len(value) > self.max_state_bytes:
+            self.oversized += 1
+            self.decoded.forget(kb)  # the object was changed in place: the next read decodes the kept bytes
+            log.error("visitor %r: state of %d bytes exceeds the %d-byte limit of a changelog message; not written, "
+                      "the previous state is kept", key, len(value), self.max_state_bytes)
+            return
         self.table.data[kb] = value
         self.decoded.remember(kb, value, state)
         self.table.send_changelog(self._partition_for(key, kb), kb, value)
@@ -170,6 +190,26 @@ class WorkerStats:
         return {**self.counts, "uptime_s": round(time.monotonic() - self.started, 1)}
 
 
+class LatestLists(OrderedDict[str, bytes]):
+    """The latest list published per visitor, for the HTTP view: at most `cap`, least recently used dropped."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def get(self, key: str, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        value = super().get(key, default)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.cap:
+            self.popitem(last=False)
+
+
 class RecoWorker:
     """One faust app with its topics, table, agents and the core recommender."""
 
@@ -180,7 +220,9 @@ class RecoWorker:
         self.stats = WorkerStats()
         self.catalog_ready = asyncio.Event()
         self.model_path: Path | None = None
-        self.latest_lists: dict[str, bytes] = {}
+        self.latest_lists = LatestLists(LATEST_LISTS_CAP)
+        #: the latest event time applied (never beyond the wall clock plus `max_clock_skew_s`): the visitor TTL's clock
+        self.stream_time_ms = 0
         datadir = settings.data_path / "faust" / settings.app_id
         datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
         self.app = faust.App(
@@ -203,7 +245,7 @@ class RecoWorker:
             web_bind=settings.web_host,
             datadir=str(datadir),
         )
-        self.app.transport.Consumer = _Consumer  # this app's consumer only (see FETCH_MAX_WAIT_MS)
+        faust_internals.install_fetch_max_wait(self.app, FETCH_MAX_WAIT_MS)
         self.events_topic = self.app.topic(
             settings.events_topic,
             key_type=bytes,
@@ -224,7 +266,8 @@ class RecoWorker:
             value_type=bytes,
             partitions=settings.partitions,
         )
-        self.store = TableStore(self.visitors, settings.partitions)
+        self.store = TableStore(self.visitors, settings.partitions,
+                                max_state_bytes=min(settings.max_message_bytes, CHANGELOG_MAX_BYTES))
         self.recommender = recommender or Recommender(settings, store=self.store)
         # statistics live only in memory: rebuilt from the events topic per partition (stream/recovery.py)
         self.recovery = StatsRecovery(settings, self.recommender, self.store)
@@ -233,6 +276,10 @@ class RecoWorker:
         self.app.on_partitions_assigned.connect(self._on_partitions_assigned)
         self.active_partitions: set[int] = set()
         self.app.agent(self.events_topic, name="stream_reco.process_events")(self._process_events)
+        # login joins between workers: an internal topic co-partitioned with the events (stream/joins.py)
+        self.joins_topic = self.app.topic(topics.joins_topic(settings), key_type=bytes, value_type=bytes,
+                                          key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+        self.app.agent(self.joins_topic, name="stream_reco.process_joins")(self._process_joins)
         self.app.task(self._consume_catalog)
         self.app.timer(settings.model_poll_s)(self._watch_model)
         self.app.timer(STATS_INTERVAL_S)(self._log_stats)
@@ -246,6 +293,12 @@ class RecoWorker:
         self.delivery_watch = DeliveryWatch(settings.delivery_stall_s)
         if settings.recovery_stall_s > 0:
             self.app.timer(RECOVERY_WATCH_S)(self._watch_recovery)
+        if settings.visitor_ttl_days > 0:
+            self.app.timer(SWEEP_INTERVAL_S)(self._sweep_visitors)
+        self._sweep_keys: list[bytes] = []  # the visitors the current sweep round has still to look at
+        # faust's own pages (tables, router, statistics) are not part of the contract: the `worker` command
+        # binds the port even with web_enabled off, so they go whatever web_port says (contracts.md, "HTTP")
+        faust_internals.serve_only_own_routes(self.app)
         if settings.web_port > 0:
             worker = self  # faust builds a View class from the handler: a plain function, not a bound method
 
@@ -270,10 +323,10 @@ class RecoWorker:
     async def _check_events_applied(self) -> None:
         """Apply events the consumer committed without delivering them, and re-read (or restart) when waiting
         events stop arriving: faust-streaming can skip or wedge (stream/recovery.py, docs/operations.md)."""
-        if not self.applying or self.app.tables.recovery.in_recovery:  # not applying yet / table not whole
+        if not self.applying or faust_internals.table_recovery(self.app)[0]:  # not applying yet / table not whole
             self.delivery_watch.reset()
             return
-        committed = dict(getattr(self.app.consumer, "_committed_offset", None) or {})  # faust's record of commits
+        committed = faust_internals.committed_offsets(self.app)  # faust's record of commits
         topic = self.settings.events_topic
         offsets = {tp.partition: off for tp, off in committed.items()
                    if tp.topic == topic and off is not None and tp.partition in self.active_partitions}
@@ -311,26 +364,31 @@ class RecoWorker:
 
     async def _watch_recovery(self) -> None:
         """Restart this process when faust's table recovery is stuck (stream/recovery.py, `StallWatch`)."""
-        recovery = self.app.tables.recovery
-        if not self.stall_watch.stalled(time.monotonic(), bool(recovery.in_recovery),
-                                        int(recovery.active_remaining_total())):
+        in_recovery, remaining = faust_internals.table_recovery(self.app)
+        if not self.stall_watch.stalled(time.monotonic(), in_recovery, remaining):
             return
         self._restart(f"table recovery made no progress for {self.settings.recovery_stall_s:.0f} s "
-                      f"({recovery.active_remaining_total()} changelog records remaining)")
+                      f"({remaining} changelog records remaining)")
 
     @staticmethod
     def _restart(reason: str) -> None:
-        """Re-execute this worker (same command line and process id): the cure for a wedged faust, and safe,
-        because state is in the changelogs and offsets cover only applied events (docs/operations.md)."""
-        log.error("%s: restarting this worker", reason)
+        """Exit with `EXIT_RESTART` so that the process supervisor (systemd, Kubernetes, docker-compose
+        `restart:`) starts this worker again and counts the restart: the cure for a wedged faust, and safe,
+        because state is in the changelogs and offsets cover only applied events (docs/operations.md).
+
+        The exit is immediate (`os._exit`), as the in-place re-execution it replaces was: a wedged faust may
+        never finish a graceful shutdown, and nothing uncommitted needs one."""
+        log.error("%s: restarting this worker (exit status %d: its supervisor starts it again)", reason, EXIT_RESTART)
         logging.shutdown()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_RESTART)
 
     async def _apply_alone(self, msg: Any) -> None:
         """One message outside the stream (skipped by the consumer), handled and published on its own."""
         triggers: dict[str, Event] = {}
         replayed: dict[str, tuple[Event, Recommendation]] = {}
-        await self._handle_message(msg, msg.value, triggers, replayed)
+        await self._handle_safely(msg, msg.value, triggers, replayed)
         await self._publish_all(triggers, replayed)
 
     async def _apply_batch(self, batch: Sequence[Any]) -> None:
@@ -344,27 +402,56 @@ class RecoWorker:
                 await self._apply_alone(missed)
             value = fevent.value  # None for a tombstone: decode_event says so, instead of "not valid JSON"
             raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
-            await self._handle_message(msg, raw, triggers, replayed)
+            await self._handle_safely(msg, raw, triggers, replayed)
         await self._publish_all(triggers, replayed)
+
+    async def _handle_safely(self, msg: Any, raw: bytes | bytearray | None, triggers: dict[str, Event],
+                             replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """`_handle_message`, with a failure confined to its message: dead-lettered with the exception as the
+        reason, and the batch goes on. An exception escaping the batch would be worse: faust's `take_events`
+        acknowledges the whole batch in `finally`, so the failing event and every other list of the batch would
+        be lost without a trace."""
+        try:
+            await self._handle_message(msg, raw, triggers, replayed)
+        except Exception as exc:
+            # the core may have changed a cached state object before it raised: read states afresh from the table
+            self.store.decoded.clear()
+            self.stats.counts["failed_events"] += 1
+            log.exception("applying %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+            await self._dead_letter(msg, None if raw is None else bytes(raw),
+                                    f"the worker failed to apply this message: {exc!r}")
 
     async def _publish_all(self, triggers: dict[str, Event], replayed: dict[str, tuple[Event, Recommendation]]
                            ) -> None:
-        for key, (event, rec) in replayed.items():
-            await self._publish(key, event, rec)
-        for key, event in triggers.items():
-            await self._publish(key, event)
+        """Publish the batch's lists; one that fails is logged and counted (its event was applied: nothing to
+        dead-letter), and the others are still published."""
+        lists: list[tuple[str, Event, Recommendation | None]] = [
+            *((key, event, rec) for key, (event, rec) in replayed.items()),
+            *((key, event, None) for key, event in triggers.items())]
+        for key, event, rec in lists:
+            try:
+                await self._publish(key, event, rec)
+            except Exception:
+                self.stats.counts["failed_lists"] += 1
+                log.exception("the list of visitor %r (trigger %s) failed; not published", key, event.event_id)
 
     async def _handle_message(self, msg: Any, raw: bytes | bytearray | None, triggers: dict[str, Event],
                               replayed: dict[str, tuple[Event, Recommendation]]) -> None:
-        """One message of the events topic: an event, a login-join record, or a bad message."""
+        """One message of the events topic: an event, or a bad message (dead-lettered with the reason).
+
+        Beyond the schema, an event must be keyed by its visitor and not come from the future
+        (stream/admission.py). Login-join records live on an internal topic: here they are bad messages."""
+        settings = self.settings
+        reference = admission.reference_ms(faust_internals.record_time_ms(msg))
         try:
-            event = schemas.decode_event(raw, max_bytes=self.settings.max_message_bytes)
+            event = schemas.decode_event(raw, max_bytes=settings.max_message_bytes)
+            admission.check_event(event, msg.key, reference, settings.max_clock_skew_s)
         except schemas.InvalidMessage as exc:
-            if joins.is_control(raw):
-                await self._control(msg, raw, triggers, replayed)  # type: ignore[arg-type]
-            else:
-                await self._dead_letter(msg, raw, exc)  # type: ignore[arg-type]
+            await self._dead_letter(msg, raw, exc)  # type: ignore[arg-type]
             return
+        self.stream_time_ms = max(self.stream_time_ms, event.timestamp)
+        # the core clamps to this ceiling; admission already refused anything beyond it
+        ceiling = reference + int(settings.max_clock_skew_s * 1000) if settings.max_clock_skew_s > 0 else None
         self.store.current_key = event.visitor_key
         self.store.partition = msg.partition
         # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
@@ -373,7 +460,7 @@ class RecoWorker:
         forward = self._needs_join_request(event, msg.partition, recommender)
         self.store.only_partition = msg.partition
         try:
-            observed = recommender.observe(event)
+            observed = recommender.observe(event, now_ms=ceiling)
         finally:
             self.store.only_partition = None
         if not observed:
@@ -392,7 +479,7 @@ class RecoWorker:
             triggers[key] = trigger
             replayed.pop(key, None)
         else:
-            replayed[key] = (trigger, shadow.recommendation(key, now_ms=int(trigger.timestamp), trigger=trigger))
+            replayed[key] = (trigger, shadow.recommendation(key, now_ms=list_time(shadow, trigger), trigger=trigger))
             triggers.pop(key, None)
 
     def _needs_join_request(self, event: Event, partition: int, recommender: Recommender) -> bool:
@@ -404,43 +491,124 @@ class RecoWorker:
 
     async def _join_across(self, event: Event, partition: int, local: bool) -> None:
         """Join a login's session that lives on another partition (stream/joins.py): at once when this worker
-        owns that partition too (`local`), else through a join request to the session's partition."""
+        owns that partition too (`local`) and has applied it up to its log end (so every event of the session
+        the shop produced before the login is in the session's state), else through a join request on the
+        internal joins topic to the session's partition."""
         request, key, value = joins.join_request(event)
         session_partition = joins.partition_of(request.session_id, self.settings.partitions)
-        if local and session_partition in self.active_partitions:
+        if local and session_partition in self.active_partitions and self._applied_upto(session_partition) >= (
+                await self._log_end(session_partition)):
             self.store.current_key, self.store.partition = request.session_id, session_partition
             outcome = joins.apply(request, self.store, self.settings)
             if outcome.join_state is not None:
                 self.store.current_key, self.store.partition = request.user_id, partition
                 joins.apply(outcome.join_state, self.store, self.settings)
                 self.stats.counts["joins_local"] += 1
-            for state_key, state_value in outcome.send:  # in the log too, for rebuilds; a no-op when consumed
-                await self.events_topic.send(key=state_key, value=state_value)
+            for state_key, state_value in outcome.send:  # a no-op when consumed; a restart's recovery reads it
+                await self.joins_topic.send(key=state_key, value=state_value)
             self.store.current_key, self.store.partition = event.visitor_key, partition
-        await self.events_topic.send(key=key, value=value)
+            return
+        await self.joins_topic.send(key=key, value=value)
         self.stats.counts["join_requests"] += 1
 
-    async def _control(self, msg: Any, raw: bytes | bytearray, triggers: dict[str, Event],
-                       replayed: dict[str, tuple[Event, Recommendation]]) -> None:
-        """A login-join control record (stream/joins.py), applied on the partition of its key."""
+    async def _log_end(self, partition: int) -> float:
+        """The log end offset of an events partition (infinity when the broker does not say: not caught up)."""
         try:
-            control = joins.parse(raw, self.settings.max_message_bytes)
-        except schemas.InvalidMessage as exc:
-            await self._dead_letter(msg, raw, exc)
-            return
+            ends = await asyncio.wait_for(self.recovery.log_ends([partition]), DELIVERY_QUERY_TIMEOUT_S)
+        except Exception as exc:  # a broker hiccup
+            log.warning("joins: log end of partition %d unavailable (%r)", partition, exc)
+            return float("inf")
+        return ends[partition]
+
+    def _applied_upto(self, partition: int, committed: bool = False) -> int:
+        """The offset up to which this worker has applied (`committed`: and committed) an events partition."""
+        at = faust_internals.committed_offsets(self.app).get(TP(self.settings.events_topic, partition)) or 0
+        return at if committed else max(at, self.recovery.next_offset.get(partition, 0))
+
+    async def _process_joins(self, stream: Any) -> None:
+        """The internal joins topic, in batches: one wait serves every record that arrived together."""
+        while not self.applying:  # the model (its dimension) and the catalogue are loaded first
+            await asyncio.sleep(JOIN_POLL_S)
+        within = self.settings.coalesce_ms / 1000.0
+        async for batch in stream.take_events(self.settings.batch_size, within=within):
+            await self._handle_joins(batch)
+
+    async def _handle_joins(self, batch: Sequence[Any]) -> None:
+        """Validate each join record (dead letter on failure), wait until the batch may be applied, apply it.
+
+        Waiting per batch, not per record: a request waits for its events partition to commit what was in the log
+        when it arrived (about a commit interval), and logins arrive together at busy times, so record-by-record
+        waits added up (20 s for a login's list in the demo at 300 events/s)."""
+        valid: list[tuple[Any, joins.Control]] = []
+        for fevent in batch:
+            msg, value = fevent.message, fevent.value
+            raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
+            try:
+                control = joins.parse(raw, self.settings.max_message_bytes, dim=self.recommender.catalog.dim)
+                if msg.key != control.key.encode():  # else it sits on another visitor's partition
+                    field = "session_id" if control.kind == joins.JOIN_REQUEST else "user_id"
+                    raise schemas.InvalidMessage(f"the record's key is not its {field}", "key")
+            except schemas.InvalidMessage as exc:
+                async with self.apply_lock:
+                    await self._dead_letter(msg, raw, exc)
+                continue
+            valid.append((msg, control))
+        # requests wait for the events that were in the log when they arrived (not for a moving log end)
+        ends: dict[int, float] = {}
+        for msg, control in valid:
+            if control.kind == joins.JOIN_REQUEST and msg.partition not in ends:
+                ends[msg.partition] = await self._log_end(msg.partition)
+        began = time.monotonic()
+        while not all(self._join_ready(control, msg.partition, ends.get(msg.partition, 0)) for msg, control in valid):
+            if time.monotonic() - began > joins.WAIT_S:
+                log.warning("joins: %d join records still waiting for their events partitions after %.0f s; "
+                            "applying them now", len(valid), joins.WAIT_S)
+                break
+            await self._commit_applied(ends)
+            await asyncio.sleep(JOIN_POLL_S)
+        for msg, control in valid:
+            async with self.apply_lock:
+                try:
+                    await self._control(msg, control)
+                except Exception as exc:  # one record's failure is its own: dead-lettered, the batch goes on
+                    self.store.decoded.clear()
+                    self.stats.counts["failed_events"] += 1
+                    log.exception("applying join record %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+                    await self._dead_letter(msg, msg.value, f"the worker failed to apply this join record: {exc!r}")
+
+    async def _commit_applied(self, ends: dict[int, float]) -> None:
+        """Commit now the events partitions whose waiting join requests have been applied but not yet committed,
+        instead of leaving them to faust's commit timer (`commit_interval_s`): a login's joined list then follows
+        its session's last event by milliseconds, not by up to a commit interval."""
+        due = {TP(self.settings.events_topic, p) for p, end in ends.items()
+               if self._applied_upto(p) >= end > self._applied_upto(p, committed=True)}
+        if due:
+            await self.app.consumer.commit(due)
+
+    def _join_ready(self, control: joins.Control, partition: int, end: float) -> bool:
+        """Whether a join record may be applied now (stream/joins.py, steps 2 and 3)."""
+        if control.kind == joins.JOIN_REQUEST:  # the session's events before the login are committed first
+            return self._applied_upto(partition, committed=True) >= end
+        # a join state waits for a restart's recovery region of its partition to pass (stream/recovery.py), so
+        # that the list it republishes comes after the region's lists
+        applied = self.recovery.next_offset.get(partition)
+        return applied is not None and applied >= self.recovery.region_end.get(partition, 0)
+
+    async def _control(self, msg: Any, control: joins.Control) -> None:
+        """Apply a validated join record (stream/joins.py) on the partition of its key; publish after a merge."""
         self.store.current_key = control.key
         self.store.partition = msg.partition
-        shadow = self.recovery.shadow_for(msg.partition, msg.offset)
-        outcome = joins.apply(control, (shadow or self.recommender).store, self.settings)
+        outcome = joins.apply(control, self.recommender.store, self.settings)
         for key, value in outcome.send:
-            await self.events_topic.send(key=key, value=value)
+            await self.joins_topic.send(key=key, value=value)
         self.stats.counts[control.kind] += 1
         if outcome.republish is not None:
-            self._trigger(control.user_id, outcome.republish, shadow, triggers, replayed)
+            self.store.current_key = control.user_id
+            await self._publish(control.user_id, outcome.republish)
 
     async def _publish(self, key: str, trigger: Event, rec: Recommendation | None = None) -> None:
         if rec is None:
-            rec = self.recommender.recommendation(key, now_ms=trigger.timestamp, trigger=trigger)
+            rec = self.recommender.recommendation(key, now_ms=list_time(self.recommender, trigger), trigger=trigger)
         doc = rec.to_dict()
         now_ms = time.time() * 1000.0
         doc["generated_at"] = int(now_ms)
@@ -503,6 +671,7 @@ class RecoWorker:
         raw = msg.value or b""
         try:
             item = schemas.decode_item(raw, max_bytes=self.settings.max_message_bytes)
+            admission.check_item(item, msg.key)  # else compaction keeps it under another item's key
         except schemas.InvalidMessage as exc:
             await self._dead_letter(msg, raw, exc)
             return
@@ -536,42 +705,100 @@ class RecoWorker:
         self.applying = True
 
     # --- model hot swap -------------------------------------------------------------------------------
-    def _new_model_path(self) -> Path | None:
-        """The configured model's folder when it differs from the one in use, else None."""
-        try:
-            path = model_artifact.resolve(self.settings.model, self.settings.data_dir)
-        except model_artifact.ModelError as exc:
-            log.error("%s", exc)
-            return None
-        return None if path is None or path == self.model_path else path
+    @property
+    def model_picker(self) -> model_artifact.ArtifactPicker:
+        """Which artifact to serve: skips corrupt folders (logged once, retried when they change), so `latest`
+        means the newest valid one (model/artifact.py). Created on first use."""
+        picker: model_artifact.ArtifactPicker | None = getattr(self, "_model_picker", None)
+        if picker is None:
+            settings = self.settings
+            picker = model_artifact.ArtifactPicker(settings.model, settings.data_dir, settings.embedding_dim)
+            self._model_picker = picker
+        return picker
 
-    def _swap_model(self, path: Path, art: model_artifact.ModelArtifact) -> None:
-        self.recommender.load_model(art)
+    def _pick_model(self) -> tuple[Path, model_artifact.ModelArtifact] | None:
+        """The best valid artifact when it is not the one in use, else None (file I/O: run it off the loop)."""
+        return self.model_picker.pick(self.model_path)
+
+    def _swap_model(self, path: Path, art: model_artifact.ModelArtifact) -> bool:
+        """Serve `art`; one the core refuses is remembered like a corrupt folder and the current model serves on."""
+        try:
+            self.recommender.load_model(art)
+        except ValueError as exc:  # core.items.CatalogError: the model is unusable; nothing was swapped
+            self.model_picker.reject(path, exc)
+            return False
+        finally:
+            self.stats.counts["model_errors"] = self.model_picker.errors  # folders refused so far
         self.model_path = path
         self.stats.counts["model_swaps"] += 1
         log.info("model %s in use (%d items)", art.version, len(art.item_ids))
-
-    def load_model_if_newer(self) -> bool:
-        """Load the configured model at start-up, before the first event is processed."""
-        path = self._new_model_path()
-        if path is None:
-            return False
-        self._swap_model(path, model_artifact.load(path))
         return True
 
+    def load_model_if_newer(self) -> bool:
+        """Load the configured model at start-up, before the first event is processed.
+
+        A corrupt configured model never stops the worker: it is logged (ERROR, naming the file and the
+        problem) and skipped. With `latest` the newest valid artifact is served instead; a named path that is
+        corrupt leaves the worker on content vectors until the folder is fixed, which the watcher notices.
+        Refusing to start would turn one bad file into a crash loop and no lists at all.
+        """
+        picked = self._pick_model()
+        if picked is None:
+            self.stats.counts["model_errors"] = self.model_picker.errors
+            return False
+        return self._swap_model(*picked)
+
     async def _watch_model(self) -> None:
-        """Hot swap: a newer artifact under the models folder (or a changed path) replaces the model."""
+        """Hot swap: a newer valid artifact under the models folder (or a fixed named path) replaces the model.
+
+        A timer that raises stops the faust worker, so nothing escapes: a corrupt folder is logged once by the
+        picker, and anything unexpected is logged here and tried again at the next tick.
+        """
         if not self.catalog_ready.is_set():
             return
-        path = self._new_model_path()
-        if path is None:
-            return
-        # reading the artifact is file I/O: keep it off the event loop; the swap itself is one assignment
-        art = await asyncio.get_running_loop().run_in_executor(None, model_artifact.load, path)
-        self._swap_model(path, art)
+        try:
+            # reading the artifact is file I/O: keep it off the event loop; the swap itself is one assignment
+            picked = await asyncio.get_running_loop().run_in_executor(None, self._pick_model)
+            if picked is not None and picked[0] != self.model_path:  # start-up may have loaded it meanwhile
+                self._swap_model(*picked)
+            self.stats.counts["model_errors"] = self.model_picker.errors
+        except Exception:
+            log.exception("model watch failed; the current model keeps serving")
 
     async def _log_stats(self) -> None:
+        self.stats.counts["states_oversized"] = self.store.oversized
         log.info("stats %s", {**self.stats.snapshot(), **self.recovery.snapshot()})
+
+    async def _sweep_visitors(self) -> None:
+        """Delete visitors without events for `visitor_ttl_days` (a tombstone on the changelog), a bounded number
+        per tick: a round takes the table's keys once, then looks at `SWEEP_KEYS_PER_TICK` of them per tick.
+
+        The clock is event time (`stream_time_ms`), not the wall clock: a replayed historical log keeps its
+        visitors. Only visitors of partitions this worker owns are looked at (another worker writes the others'
+        changelogs), and nothing while faust recovers the table or a batch is being applied."""
+        if (self.settings.visitor_ttl_days <= 0 or not self.applying or self.stream_time_ms <= 0
+                or self.apply_lock.locked() or faust_internals.table_recovery(self.app)[0]):
+            return
+        async with self.apply_lock:
+            data = self.visitors.data
+            if not self._sweep_keys:
+                self._sweep_keys = list(data.keys())
+            batch, self._sweep_keys = self._sweep_keys[:SWEEP_KEYS_PER_TICK], self._sweep_keys[SWEEP_KEYS_PER_TICK:]
+            oldest = self.stream_time_ms - self.settings.visitor_ttl_days * MS_PER_DAY
+            partitions = self.store.partitions
+            for kb in batch:
+                raw = data.get(kb)
+                if not raw or self.store._partitioner(kb, partitions, partitions) not in self.active_partitions:
+                    continue
+                try:
+                    last_seen = VisitorState.from_bytes(raw).last_seen
+                except Exception:  # a state the core cannot read is not this sweep's business
+                    continue
+                if last_seen < oldest:
+                    self.store.current_key = None  # the tombstone goes to the key's own partition
+                    self.store.delete(kb.decode("utf-8", "replace"))
+                    self.latest_lists.pop(kb.decode("utf-8", "replace"), None)
+                    self.stats.counts["visitors_expired"] += 1
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
         await self.recovery.close()

@@ -1,37 +1,53 @@
-"""Login joins across partitions: the session's state is forwarded through the events topic.
+"""Login joins across partitions: the session's state is forwarded over the internal topic `<app_id>-joins`.
 
 The problem. A login event (`user_id` u with the earlier `session_id` s) is keyed by u, so it lands on u's
 partition P(u); the anonymous session's state lives in the visitor table on P(s). When P(s) != P(u), P(s) may
-belong to another worker: the core's join (`Recommender.observe`) then found no session state and silently
-did not join (measured with two workers: every login whose session sat on the other worker lost the session's
-history; tests/integration/test_reliability_scale.py), and when both partitions happened to be local the join
-depended on the current assignment, and it read and deleted state of a partition the event did not come from.
+belong to another worker: the core's join (`Recommender.observe`) then finds no session state (the table shows
+the core only visitors of the event's partition), and nothing would be joined (measured with two workers;
+tests/integration/test_reliability_scale.py).
 
-The protocol, through the events topic itself so that each partition's log stays the complete history of its
-visitors (statistics rebuilds replay it, stream/recovery.py):
+The protocol. Workers never write to the shop's topics (docs/contracts.md): join records go on the internal
+topic `<app_id>-joins` (stream/topics.py), which has the events topic's partition count, so faust assigns its
+partition p to the worker of events partition p, and a record keyed by a visitor is handled where that
+visitor's state lives.
 
-1. The worker of P(u) applies the login event to u as usual: the table shows the core only visitors of
-   the event's partition, so across partitions nothing is joined yet. If s hashes to another partition and u's
-   state did not have session s yet, it sends a *join request* keyed by s: it lands on P(s), after every
-   event of s the shop produced before the login. (When this worker owns P(s) too, it does steps 2 and 3 at
-   once, so that the login's own list already reflects the session, and still writes both records to the
-   log, where they arrive as no-ops: the session is gone and the join's id is known.)
-2. The worker of P(s) takes s's state if it is still anonymous, deletes it (a tombstone on P(s)'s changelog,
-   written by P(s)'s owner) and sends a *join state* keyed by u, carrying the state.
-3. The worker of P(u) merges it into u (`VisitorState.merge`, as the core does for a local join), remembers
-   the join's id among u's event ids (a redelivered join state is ignored) and publishes u's list again,
-   triggered by the login event.
+1. The worker of P(u) applies the login event to u as usual. If s hashes to another partition and u's state
+   did not have session s yet, it sends a *join request* keyed by s (it lands on joins partition P(s)). When
+   this worker owns P(s) too and has applied P(s) up to its log end, it joins at once instead (steps 2 and 3
+   in-process), so that the login's own list already reflects the session; it still sends the join state,
+   which arrives as a no-op (the join's id is known) and which a restart's recovery reads (stream/recovery.py).
+2. The worker of P(s) first waits until its events partition P(s) has *committed* every offset that was in the
+   log when the request arrived (`WAIT_S` at most). Ordering: the shop produced s's events before
+   the login, so they are all below that offset; after the wait they are in s's state, and none of them can
+   be redelivered (and re-applied to a fresh s) after s has moved. Then it takes s's state if it is still
+   anonymous, deletes it (a tombstone on P(s)'s changelog) and sends a *join state* keyed by u, carrying it.
+   An anonymous event of s that the shop produces after the login is not joined: it starts a new session
+   state, as it would in the in-process replay. If the wait runs out (P(s) lags by more than the bound), the
+   join goes ahead with what was applied by then, and the session's later events stay with the session.
+3. The worker of P(u) (once a restart's recovery region on P(u) has passed, `WAIT_S` at most, so that the
+   lists the region republishes do not come after this one) merges it into u (`VisitorState.merge`, as the
+   core does for a local join), remembers the join's id among u's event ids (a redelivered join state is
+   ignored) and publishes u's list again, triggered by the login event.
 
-Control records are JSON objects whose first key is `stream_reco` (the record kind); anything else that fails
-event validation is dead-lettered as before, and so is a malformed control record. A login whose session and
-user share a partition is joined at once by the core, exactly like the in-process replay.
+Validation. Every record of the joins topic is checked like a shop's message before it is used: size, JSON,
+the JSON Schema `schemas/join.schema.json` (the envelope and the state's shape), then the meaning of a carried
+state (`check_state`: it decodes, is the named session's, and its interest vectors have the current model's
+dimension and are finite unit vectors). Anything else is dead-lettered with the reason and the worker goes on.
+A record shaped like a join record on the shop's events topic is just an invalid event there (dead letter).
+
+The statistics rebuild (stream/recovery.py) does not read this topic: join records change visitor state, never
+the shop-wide statistics, and the rebuild's shadow only needs visitor history as context (see recovery.py for
+the one consequence). A login whose session and user share a partition is joined at once by the core,
+exactly like the in-process replay.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -42,16 +58,20 @@ from stream_reco.core.state import StateError, VisitorState
 from stream_reco.settings import Settings
 
 CONTROL_FIELD = "stream_reco"
-#: a control record's bytes start with this (orjson keeps key order; the producer below puts it first)
+#: a join record's bytes start with this (orjson keeps key order; the producer below puts it first)
 CONTROL_PREFIX = b'{"' + CONTROL_FIELD.encode() + b'":'
 JOIN_REQUEST = "join_request"
 JOIN_STATE = "join_state"
 #: the id a join is remembered under in the user's event ids (dedup of a redelivered join state)
 JOIN_ID_PREFIX = "join:"
-#: bounds of the ids a control record carries (event.schema.json: ids up to 256, event ids up to 128)
-MAX_VISITOR_ID_CHARS = 256
-MAX_EVENT_ID_CHARS = 128
-MAX_TIMESTAMP_MS = 4_102_444_800_000  # event.schema.json: epoch_ms maximum
+#: schemas/join.schema.json
+SCHEMA_KIND = "join"
+#: longest wait of a join record for its events partition: a request for the partition to commit what was in
+#: the log when it arrived (step 2 above), a join state for a restart's recovery region of the partition to pass
+#: (stream/recovery.py). Past it the record is applied anyway. Longer than a commit interval plus a busy batch.
+WAIT_S = 30.0
+#: how far an interest vector's norm may be from 1 (they are unit vectors stored as float16)
+UNIT_NORM_TOLERANCE = 0.01
 
 _partitioner = DefaultPartitioner()
 
@@ -89,6 +109,8 @@ class Control:
 
 
 def is_control(raw: bytes | bytearray | memoryview | None) -> bool:
+    """Whether the bytes look like a join record (tests; the worker reads join records only from the joins
+    topic and never looks for them on the shop's events topic)."""
     return raw is not None and bytes(raw[: len(CONTROL_PREFIX)]) == CONTROL_PREFIX
 
 
@@ -101,15 +123,13 @@ def encode(kind: str, session_id: str, user_id: str, login_event_id: str, timest
     return orjson.dumps(doc)
 
 
-def _text(doc: dict[str, Any], name: str, limit: int) -> str:
-    value = doc.get(name)
-    if not isinstance(value, str) or not 1 <= len(value) <= limit:
-        raise schemas.InvalidMessage(f"must be a string of 1 to {limit} characters", name)
-    return value
+def parse(raw: bytes | bytearray | memoryview | None, max_bytes: int, dim: int | None = None) -> Control:
+    """A join record, or InvalidMessage (dead-lettered like any bad message) with the field and the reason.
 
-
-def parse(raw: bytes | bytearray | memoryview, max_bytes: int) -> Control:
-    """A control record, or InvalidMessage (dead-lettered like any bad message) if it is malformed."""
+    `dim` is the current model's item vector dimension: a carried state whose interests have another one
+    would make every later event of the user raise, so it is refused here (`check_state`)."""
+    if raw is None:
+        raise schemas.InvalidMessage("message has no value (a tombstone); a join record is a JSON object")
     size = raw.nbytes if isinstance(raw, memoryview) else len(raw)
     if size > max_bytes:
         raise schemas.InvalidMessage(f"message is {size} bytes, larger than the limit of {max_bytes} bytes")
@@ -117,26 +137,44 @@ def parse(raw: bytes | bytearray | memoryview, max_bytes: int) -> Control:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise schemas.InvalidMessage(f"not valid JSON: {exc}") from None
-    if type(doc) is not dict:
-        raise schemas.InvalidMessage("control record must be a JSON object")
-    kind = doc.get(CONTROL_FIELD)
-    if kind not in (JOIN_REQUEST, JOIN_STATE):
-        raise schemas.InvalidMessage(f"unknown control record kind {str(kind)[:40]!r}", CONTROL_FIELD)
-    timestamp = doc.get("timestamp")
-    if type(timestamp) is not int or not 0 <= timestamp <= MAX_TIMESTAMP_MS:
-        raise schemas.InvalidMessage(f"must be an integer from 0 to {MAX_TIMESTAMP_MS}", "timestamp")
+    schemas.validate(SCHEMA_KIND, doc)
+    kind = doc[CONTROL_FIELD]
     state = None
     if kind == JOIN_STATE:
-        if type(doc.get("state")) is not dict:
-            raise schemas.InvalidMessage("must be a visitor state object", "state")
-        try:
-            state = VisitorState.from_dict(doc["state"])
-        except (StateError, KeyError, TypeError, ValueError, IndexError) as exc:
-            raise schemas.InvalidMessage(f"not a readable visitor state: {exc}", "state") from None
-    return Control(kind=kind, session_id=_text(doc, "session_id", MAX_VISITOR_ID_CHARS),
-                   user_id=_text(doc, "user_id", MAX_VISITOR_ID_CHARS),
-                   login_event_id=_text(doc, "login_event_id", MAX_EVENT_ID_CHARS), timestamp=timestamp,
-                   state=state)
+        state = check_state(doc["state"], doc["session_id"], dim)
+    return Control(kind=kind, session_id=doc["session_id"], user_id=doc["user_id"],
+                   login_event_id=doc["login_event_id"], timestamp=int(doc["timestamp"]), state=state)
+
+
+def check_state(doc: dict[str, Any], session_id: str, dim: int | None) -> VisitorState:
+    """The carried state, decoded, if it may be merged into a user; else InvalidMessage naming `state`.
+
+    The schema has checked its shape; this checks what a schema cannot: positions inside the history and
+    interest entries, that it is the named session's, and that its interest vectors are finite unit vectors of
+    the current model's dimension (`dim`; None: not checked). Caps need no check: the merge applies them."""
+    if doc["s"] != session_id:
+        raise schemas.InvalidMessage(f"the state is session {str(doc['s'])[:40]!r}'s, not the record's", "state")
+    for entry in doc["h"]:
+        if not (len(entry) == 3 and isinstance(entry[0], str) and 1 <= len(entry[0]) <= 256
+                and type(entry[1]) is int and entry[1] >= 0 and type(entry[2]) is int and 0 <= entry[2] <= 3):
+            raise schemas.InvalidMessage("history entries must be [item_id, epoch ms, action code 0-3]", "state")
+    for entry in doc.get("i", ()):
+        if not (len(entry) == 4 and isinstance(entry[0], str) and type(entry[1]) in (int, float)
+                and math.isfinite(entry[1]) and entry[1] >= 0 and type(entry[2]) is int and entry[2] >= 0
+                and type(entry[3]) is int and entry[3] >= 0):
+            raise schemas.InvalidMessage("interest entries must be [vector, weight >= 0, epoch ms, count]", "state")
+    try:
+        state = VisitorState.from_dict(doc)
+    except (StateError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise schemas.InvalidMessage(f"not a readable visitor state: {exc}", "state") from None
+    for it in state.interests:
+        vector = np.asarray(it.vector, dtype=np.float64)
+        if dim is not None and vector.shape != (dim,):
+            raise schemas.InvalidMessage(f"an interest vector has dimension {vector.size}, the model's is {dim}",
+                                         "state")
+        if not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_NORM_TOLERANCE:
+            raise schemas.InvalidMessage("an interest vector is not a finite unit vector", "state")
+    return state
 
 
 def crosses_partitions(event: Event, partition: int, partitions: int) -> bool:
@@ -164,7 +202,7 @@ class Outcome:
 
 
 def apply(control: Control, store: VisitorStore, settings: Settings) -> Outcome:
-    """Apply a control record to `store` (the table on its partition, or a recovery shadow's store)."""
+    """Apply a join record to `store` (the table, on the partition of the record's key)."""
     if control.kind == JOIN_REQUEST:
         anon = store.get(control.session_id)
         if anon is None or anon.user_id is not None or anon.n_events == 0:
@@ -189,11 +227,3 @@ def apply(control: Control, store: VisitorStore, settings: Settings) -> Outcome:
         del state.event_ids[: len(state.event_ids) - settings.dedup_window]
     store.put(control.user_id, state)
     return Outcome(republish=control.trigger())
-
-
-def state_holds(control: Control, store: VisitorStore) -> bool:
-    """Evidence for recovery that the table already applied this record (only a join state leaves some)."""
-    if control.kind != JOIN_STATE:
-        return False
-    state = store.get(control.user_id)
-    return state is not None and state.has_seen_event(control.join_id)

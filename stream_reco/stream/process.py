@@ -1,7 +1,9 @@
 """A stream-reco worker as a child process, configured only through STREAM_RECO_* variables.
 
 Used by the demo, the benchmarks and the integration tests: they run workers exactly as a deployment does,
-and read the worker's output to know when it is ready and whether it crashed.
+and read the worker's output to know when it is ready and whether it crashed. Like a deployment's supervisor
+(systemd `Restart=on-failure`, Kubernetes, docker-compose `restart:`), it starts a worker again that exits
+asking for a restart (`EXIT_RESTART`: faust wedged, stream/app.py), and counts the restarts.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from stream_reco.exit_codes import EXIT_RESTART
 from stream_reco.settings import Settings
 from stream_reco.stream.app import READY_LINE
 
@@ -42,32 +45,43 @@ class WorkerProcess:
         for variable in drop_env:
             env.pop(variable, None)
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv or [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", str(web_port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        self._argv = argv or [STREAM_RECO, "worker", "--loglevel", loglevel, "--web-port", str(web_port)]
+        self._env = env
+        #: times the worker exited with `EXIT_RESTART` and was started again
+        self.restarts = 0
+        self._stopping = False
+        self._lock = threading.Lock()
+        self.proc = self._spawn()
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(self._argv, env=self._env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if self.on_line is not None:
-                self.on_line(line.rstrip("\n"))
-            if READY_LINE in line:
-                self._ready.set()
+        while True:
+            proc = self.proc
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if self.on_line is not None:
+                    self.on_line(line.rstrip("\n"))
+                if READY_LINE in line:
+                    self._ready.set()
+            with self._lock:
+                if proc.wait() != EXIT_RESTART or self._stopping:
+                    return
+                self.restarts += 1
+                self.lines.append(f"[{self.name} exited with {EXIT_RESTART}: started again, restart {self.restarts}]")
+                self.proc = self._spawn()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.2):
-            if self.proc.poll() is not None:
+            if not self._reader.is_alive() and self.proc.poll() is not None:  # exited, and not started again
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.output()}")
@@ -76,6 +90,8 @@ class WorkerProcess:
         return "\n".join(self.lines[-last:])
 
     def stop(self, timeout: float = 30.0) -> int:
+        with self._lock:
+            self._stopping = True
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -88,6 +104,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """kill -9: no chance to commit, flush or leave the group."""
+        with self._lock:
+            self._stopping = True
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)

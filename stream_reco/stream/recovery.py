@@ -20,14 +20,17 @@ What it does. The events topic is the source of truth, so the statistics are reb
 2. After a crash, the changelog may be *ahead* of the committed offset: events applied (and written to
    the changelog) but not yet committed are delivered again, and the table already reflects them. The core
    would drop them as duplicates, so their statistics would be lost and their lists (perhaps lost in the
-   crash) never published again. So the rebuild also scans on from the committed offset for the last event
-   the table evidently holds (its event_id is in its visitor's state), which ends the *recovery region*.
-   Changelog writes of one partition reach Kafka in order, so everything before that event was applied
-   too, even an anonymous visitor's event whose session state was later joined into a user and deleted (its
-   own key then shows nothing, which is why the region is found by the last evident event and not event by
-   event). Redelivered events of the region are applied by the shadow instead (learning statistics in
-   order), and the worker republishes the shadow's list for each: the list the dead worker computed or
-   would have. From the region's end on, table and log agree, and the shadow is dropped.
+   crash) never published again. So the rebuild also scans on from the committed offset and decides, *per
+   visitor*, which redelivered events the table already holds (`_applied`): a visitor's state reflects that
+   visitor's events in log order up to some point (one consumer applies a partition in order), so every event
+   of the visitor up to the last one whose event_id its state holds was applied, and the later ones were not.
+   Only an event's *first* occurrence is evidence: a producer's duplicate of an event applied long ago is in
+   the state whatever happened to the events before it (issue 11, defect 4: taking it as evidence hid an
+   unapplied purchase). An anonymous session joined into a user by a login later in the log (same partition)
+   counts as that user's: its own key then shows nothing. The held events are applied by the shadow (learning
+   statistics in order) and the worker republishes the shadow's list for each: the list the dead worker
+   computed or would have; the others are applied to the table as usual, each exactly once. From the last
+   held event on (the end of the *recovery region*), table and log agree, and the shadow is dropped.
 
 3. The consumer can also *skip* messages: faust-streaming 0.15.3 dropped buffered events of a partition that
    stayed with the same worker across a rebalance and went on after them (seen in
@@ -36,6 +39,15 @@ What it does. The events topic is the source of truth, so the statistics are reb
    the next one this worker expects (or, at first sight, for the messages just before it), the rebuild looks
    at the last `MISSED_WINDOW` messages before it: those after the last one the table holds were never
    applied by anyone, and the worker applies them now, in order, before the delivered one.
+
+Login joins across partitions travel on the internal joins topic (stream/joins.py). They change visitor state,
+never statistics, so the rebuild below the committed offset does not read them: the shadow's copy of a user who
+joined a session from another partition lacks that session, and co-visitation relearned from that user's later
+events pairs them with the user's own history only (statistics differ slightly from an uninterrupted run's).
+In the recovery region it matters more: the shadow republishes lists, and a list for a redelivered login that
+lacked the session could show an item the session bought. So for every held login of the region whose join the
+table holds, the rebuild reads that join's state from the joins topic (same partition number; validated like
+any join record) and the shadow merges it right after the login (`ShadowRecommender`).
 
 Cost and limits: a rebuild reads the partition's retained events once (~tens of µs per event); events that
 retention deleted are not counted again; the catalogue used is today's, not the one of the time. With several
@@ -46,6 +58,7 @@ partition). See docs/operations.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -60,7 +73,8 @@ from stream_reco.core.recommender import Recommender, VisitorStore
 from stream_reco.core.state import VisitorState
 from stream_reco.core.stats import CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
-from stream_reco.stream import joins
+from stream_reco.stream import admission, joins, topics
+from stream_reco.stream.joins import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +115,22 @@ class BytesVisitorStore:
         return len(self.states)
 
 
+class ShadowRecommender(Recommender):
+    """A recovery shadow that merges, right after a redelivered login, the session a join across partitions
+    brought the user before the crash (`pending_joins`, by login event id), as the table holds it."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.pending_joins: dict[str, joins.Control] = {}
+
+    def observe(self, event: Event, *args: Any, **kwargs: Any) -> bool:
+        observed = super().observe(event, *args, **kwargs)
+        control = self.pending_joins.pop(event.event_id, None)
+        if control is not None:
+            joins.apply(control, self.store, self.settings)
+        return observed
+
+
 class StatsRecovery:
     """Per events partition: rebuild statistics on first sight, replay redelivered events through a shadow."""
 
@@ -114,11 +144,14 @@ class StatsRecovery:
         self.shadows: dict[int, Recommender] = {}
         #: per partition in a recovery region, the offset after the last event the table held at the rebuild
         self.region_end: dict[int, int] = {}
+        #: per partition in a recovery region, the offsets of the events the table held (the shadow applies those)
+        self.held: dict[int, set[int]] = {}
         self.rebuilt_events = 0
         self.rebuild_s = 0.0
         self.replayed = 0
         self.missed = 0
         self._ends_client: AIOKafkaConsumer | None = None
+        self._ends_lock = asyncio.Lock()
 
     async def before(self, partition: int, offset: int, delivered: bool = True) -> list[ConsumerRecord]:
         """Call before the message at (`partition`, `offset`) is handled (valid or not).
@@ -145,6 +178,8 @@ class StatsRecovery:
             log.info("partition %d: recovery region passed at offset %d (%d redelivered events replayed)",
                      partition, offset, self.replayed)
             return None
+        if offset not in self.held.get(partition, ()):
+            return None  # an event of the region the table does not hold: the worker applies it
         self.replayed += 1
         return shadow
 
@@ -153,9 +188,10 @@ class StatsRecovery:
         for p in partitions:
             self.shadows.pop(p, None)
             self.region_end.pop(p, None)
+            self.held.pop(p, None)
 
-    def _shadow(self) -> Recommender:
-        shadow = Recommender(self.settings, catalog=self.recommender.catalog, store=BytesVisitorStore())
+    def _shadow(self) -> ShadowRecommender:
+        shadow = ShadowRecommender(self.settings, catalog=self.recommender.catalog, store=BytesVisitorStore())
         shadow.rules = self.recommender.rules
         return shadow
 
@@ -180,16 +216,15 @@ class StatsRecovery:
         first: int | None = None
         region_end = upto
         scanned_absent = 0
-        # the last messages before `upto` wait here before the shadow learns them: those after the last one
-        # the table holds were never applied (see the module docstring), and only the worker may apply them
-        window: deque[tuple[ConsumerRecord, Event | joins.Control | None]] = deque()
-        settings = self.settings
+        # the last messages before `upto` wait here before the shadow learns them: those the table does not hold
+        # were never applied (see the module docstring), and only the worker may apply them
+        window: deque[tuple[ConsumerRecord, Event | None]] = deque()
+        # the messages from `upto` on, up to where the scan stopped: the recovery region is among them
+        tail: list[tuple[int, Event | None]] = []
 
-        def learn(record: Event | joins.Control | None) -> None:
+        def learn(record: Event | None) -> None:
             nonlocal n
-            if isinstance(record, joins.Control):
-                joins.apply(record, shadow.store, settings)  # what it sent is in the log already
-            elif record is not None:
+            if record is not None:
                 shadow.observe(record)
             n += record is not None
 
@@ -204,10 +239,11 @@ class StatsRecovery:
                 batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
                 for msg in batch.get(tp, ()):
                     first = msg.offset if first is None else first
-                    record = self._decode(msg.value)
+                    record = self._decode(msg)
                     if msg.offset >= upto:  # past the committed offset: does the table already hold it?
+                        tail.append((msg.offset, record))
                         if record is not None and self._held(record):
-                            region_end, scanned_absent = msg.offset + 1, 0
+                            scanned_absent = 0
                         else:
                             scanned_absent += 1
                             if scanned_absent >= REGION_SCAN_SLACK:
@@ -228,10 +264,8 @@ class StatsRecovery:
         # from here on (the window, then the recovery region) the shadow learns into the live statistics,
         # also when no message lay in [counted_below, upto) to switch it above (upto == 0 after an early kill)
         _share_statistics(shadow, live)
-        held_upto = len(window)  # the window's messages up to the last one the table holds were applied
-        while held_upto and not (window[held_upto - 1][1] is not None and self._held(window[held_upto - 1][1])):
-            held_upto -= 1
-        held = [msg for msg, _ in list(window)[:held_upto]]
+        in_window = self._applied([(msg.offset, record) for msg, record in window], shadow.store, partition)
+        held = [msg for msg, _ in window if msg.offset in in_window]
         replay: list[ConsumerRecord] = []
         if held and held[0].offset < prev_region_end:
             # the jump went over part of a recovery region: events a dead worker applied but never committed,
@@ -241,12 +275,20 @@ class StatsRecovery:
             replay = held
             region_end = max(region_end, held[-1].offset + 1)
         else:
-            for _, record in list(window)[:held_upto]:
-                learn(record)
-        missed = [msg for i, (msg, _) in enumerate(window) if i >= held_upto]
+            for msg, record in window:
+                if msg.offset in in_window:
+                    learn(record)
+        missed = [msg for msg, _ in window if msg.offset not in in_window]
+        in_region = self._applied(tail, shadow.store, partition)
+        if in_region:
+            region_end = max(region_end, max(in_region) + 1)
         if region_end > upto or replay:
             self.shadows[partition] = shadow
             self.region_end[partition] = region_end
+            self.held[partition] = in_region | {msg.offset for msg in replay}
+            logins = {e.event_id for offset, e in tail if offset in in_region and e is not None and self._joined(e)}
+            if logins:
+                shadow.pending_joins = await self._join_states(partition, logins)
         elapsed = time.monotonic() - began
         self.rebuilt_events += n
         self.rebuild_s += elapsed
@@ -286,7 +328,7 @@ class StatsRecovery:
             if offset <= expected:
                 continue
             found = [msg for msg in await self._read(partition, expected, offset)
-                     if not ((record := self._decode(msg.value)) is not None and self._held(record))]
+                     if not ((record := self._decode(msg)) is not None and self._held(record))]
             self.next_offset[partition] = offset
             if found:
                 log.warning("partition %d: %d messages (offsets %d-%d) were committed but never applied: the "
@@ -315,10 +357,11 @@ class StatsRecovery:
     async def log_ends(self, partitions: list[int]) -> dict[int, int]:
         """The log end offset of each events partition, asked with this module's own client: faust's consumer
         may be the thing that is wedged (`DeliveryWatch`), so its thread is not asked."""
-        if self._ends_client is None:
-            client, _ = self._partition_reader(0)
-            await client.start()
-            self._ends_client = client
+        async with self._ends_lock:  # the delivery check and the joins agent ask concurrently: one client
+            if self._ends_client is None:
+                client, _ = self._partition_reader(0)
+                await client.start()
+                self._ends_client = client
         topic = self.settings.events_topic
         ends = await self._ends_client.end_offsets([TopicPartition(topic, p) for p in partitions])
         return {tp.partition: off for tp, off in ends.items()}
@@ -337,24 +380,110 @@ class StatsRecovery:
         )
         return consumer, TopicPartition(self.settings.events_topic, partition)
 
-    def _decode(self, raw: bytes | None) -> Event | joins.Control | None:
-        """An event or a control record; None for a message the worker rejects."""
+    def _decode(self, msg: ConsumerRecord) -> Event | None:
+        """The event, or None for a message the worker rejects (dead-lettered when it was handled): the schema
+        and the same edge checks as the worker (key, clock: stream/admission.py), judged by the record's own
+        timestamp so that a rebuild decides as the worker did when the event was new."""
         try:
-            return schemas.decode_event(raw, max_bytes=self.settings.max_message_bytes)
+            event = schemas.decode_event(msg.value, max_bytes=self.settings.max_message_bytes)
+            admission.check_event(event, msg.key, admission.reference_ms(msg.timestamp),
+                                  self.settings.max_clock_skew_s)
         except schemas.InvalidMessage:
-            if not joins.is_control(raw):
-                return None
-            try:
-                return joins.parse(raw, self.settings.max_message_bytes)  # type: ignore[arg-type]
-            except schemas.InvalidMessage:
-                return None
+            return None
+        return event
 
-    def _held(self, record: Event | joins.Control) -> bool:
-        """Whether the table already reflects this record (evidence that it was applied before a crash)."""
-        if isinstance(record, joins.Control):
-            return joins.state_holds(record, self.store)
-        state = self.store.get(record.visitor_key)
-        return state is not None and state.has_seen_event(record.event_id)
+    def _held(self, event: Event) -> bool:
+        """Whether the table's state of the event's visitor holds its id (evidence that it was applied)."""
+        state = self.store.get(event.visitor_key)
+        return state is not None and state.has_seen_event(event.event_id)
+
+    def _joined(self, event: Event) -> bool:
+        """A login whose session was on another partition, and whose join the table holds."""
+        if not (event.user_id and event.session_id and event.session_id != event.user_id):
+            return False
+        state = self.store.get(event.user_id)
+        return state is not None and state.has_seen_event(joins.JOIN_ID_PREFIX + event.event_id)
+
+    async def _join_states(self, partition: int, logins: set[str]) -> dict[str, joins.Control]:
+        """The join states of these login event ids on joins partition `partition`, validated as the worker
+        validates them (an invalid one is skipped: the worker dead-lettered it)."""
+        consumer, _ = self._partition_reader(partition)
+        tp = TopicPartition(topics.joins_topic(self.settings), partition)
+        found: dict[str, joins.Control] = {}
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
+                for msg in batch.get(tp, ()):
+                    try:
+                        control = joins.parse(msg.value, self.settings.max_message_bytes,
+                                              dim=self.recommender.catalog.dim)
+                    except schemas.InvalidMessage:
+                        continue
+                    if (control.kind == joins.JOIN_STATE and control.login_event_id in logins
+                            and msg.key == control.key.encode()):
+                        found[control.login_event_id] = control
+        except Exception as exc:  # the joins are only needed for the lists of this region: go on without
+            log.warning("partition %d: joins topic unreadable (%r); the region's lists lack joined sessions",
+                        partition, exc)
+        finally:
+            await consumer.stop()
+        return found
+
+    def _applied(self, entries: list[tuple[int, Event | None]], earlier: VisitorStore, partition: int) -> set[int]:
+        """The offsets of `entries` (messages of `partition` in log order) whose effect the table already holds.
+
+        Decided per visitor (module docstring, step 2): a visitor's events up to the last one whose *first*
+        occurrence the table's state holds. `earlier` holds the visitors as of the first entry (the shadow), to
+        tell a first occurrence from a producer's duplicate. An event whose visitor has no state at all (an
+        anonymous session whose state a login on another partition took away, or one never applied) and a
+        message the worker rejects are decided by position instead: handled when any held event follows them
+        (one consumer applies a partition in order)."""
+        logins: dict[str, list[tuple[int, str]]] = {}  # session -> (offset, user) of its logins on this partition
+        for offset, event in entries:
+            if (event is not None and event.user_id and event.session_id and event.session_id != event.user_id
+                    and partition_of(event.session_id, self.settings.partitions) == partition):
+                logins.setdefault(event.session_id, []).append((offset, event.user_id))
+
+        def visitor(offset: int, event: Event) -> str:
+            """Whose state holds the event: an anonymous session joined at a later login (its own state gone) is
+            the user's."""
+            if event.user_id is None and event.session_id in logins and self.store.get(event.session_id) is None:
+                later = [user for at, user in logins[event.session_id] if at > offset]
+                if later:
+                    return later[0]
+            return event.visitor_key
+
+        seen: dict[str, set[str]] = {}
+        last_held: dict[str, int] = {}
+        last_any = -1
+        for offset, event in entries:
+            if event is None:
+                continue
+            ids = seen.setdefault(event.visitor_key, set())
+            repeated = event.event_id in ids
+            ids.add(event.event_id)
+            key = visitor(offset, event)
+            state = self.store.get(key)
+            if repeated or state is None or not state.has_seen_event(event.event_id):
+                continue
+            before = earlier.get(event.visitor_key)  # only now: decoding a shadow's state costs ~50 µs
+            if before is not None and before.has_seen_event(event.event_id):
+                continue  # a duplicate of an event from before these entries: no evidence
+            last_held[key] = offset
+            last_any = offset
+        def held(offset: int, event: Event | None) -> bool:
+            if event is None:
+                return offset < last_any
+            key = visitor(offset, event)
+            if self.store.get(key) is None:
+                return offset < last_any
+            return offset <= last_held.get(key, -1)
+
+        return {offset for offset, event in entries if held(offset, event)}
 
     def snapshot(self) -> dict[str, Any]:
         return {"stats_rebuilt_events": self.rebuilt_events, "stats_rebuild_s": round(self.rebuild_s, 2),

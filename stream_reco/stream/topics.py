@@ -24,9 +24,23 @@ CREATE_RETRY_S = 1.0  # ... waiting this much longer each time
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
 
 
+#: suffix of the internal topic of login joins (stream/joins.py), after `app_id`
+JOINS_SUFFIX = "-joins"
+
+
+def joins_topic(settings: Settings) -> str:
+    """The internal topic on which workers send each other login joins: `<app_id>-joins`.
+
+    Workers never write to the shop's topics (docs/contracts.md); the shop never writes this one, so it can be
+    ACL'd to the workers' principal alone."""
+    return settings.app_id + JOINS_SUFFIX
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
-    """The four contract topics. Events and recommendations share the partition count and key (the
-    visitor), so one visitor's events and lists stay on matching partitions."""
+    """The four contract topics and the internal joins topic. Events and recommendations share the partition
+    count and key (the visitor), so one visitor's events and lists stay on matching partitions; the joins
+    topic has the same count too, so that faust assigns its partition p to the worker of events partition p
+    (co-partitioning: a join record keyed by a visitor is handled where that visitor's state lives)."""
     p, r = settings.partitions, settings.replication_factor
     max_bytes = {"max.message.bytes": str(max(settings.max_message_bytes * 2, 1_048_588))}
     return [
@@ -34,6 +48,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.catalog_topic, p, r, topic_configs={**COMPACTED, **max_bytes}),
         NewTopic(settings.recommendations_topic, p, r, topic_configs=dict(COMPACTED)),
         NewTopic(settings.dead_letter_topic, p, r, topic_configs=dict(max_bytes)),
+        NewTopic(joins_topic(settings), p, r, topic_configs=dict(max_bytes)),
     ]
 
 
@@ -86,7 +101,7 @@ def ensure_topics(settings: Settings) -> list[str]:
 @click.command("topics")
 @click.pass_obj
 def topics_cmd(state: object) -> None:
-    """Create the events, catalog, recommendations and dead-letter topics if missing."""
+    """Create the events, catalog, recommendations, dead-letter and internal joins topics if missing."""
     settings: Settings = state.settings  # type: ignore[attr-defined]
     created = ensure_topics(settings)
     for spec in topic_specs(settings):

@@ -6,13 +6,27 @@ import logging
 
 import click
 
+from stream_reco.exit_codes import EXIT_FAUST_INCOMPATIBLE
 from stream_reco.settings import Settings
 
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
-    """Create the topics if needed, then run the faust worker until SIGINT/SIGTERM."""
+    """Check the installed faust, create the topics if needed, then run the faust worker until SIGINT/SIGTERM.
+
+    A faust whose internals are not where stream/faust_internals.py expects them would silently turn off the
+    worker's repairs: the worker refuses to start (exit status `EXIT_FAUST_INCOMPATIBLE`) and says why.
+    """
+    from stream_reco.stream import faust_internals
+
+    problems = faust_internals.check()
+    if problems:
+        message = "stream-reco worker: refusing to start: " + "; ".join(problems)
+        logging.getLogger(__name__).critical("%s", message)
+        click.echo(message, err=True)
+        raise SystemExit(EXIT_FAUST_INCOMPATIBLE)
+
     import faust
 
     from stream_reco.stream.app import RecoWorker

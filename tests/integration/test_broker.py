@@ -26,7 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import CliRunner, Result
 
 from stream_reco import broker
-from stream_reco.cli import EXIT_BROKER_NOT_READY, EXIT_OK, EXIT_USAGE, cli
+from stream_reco.cli import cli
+from stream_reco.exit_codes import EXIT_BROKER_NOT_READY, EXIT_OK, EXIT_USAGE
 from stream_reco.settings import Settings
 
 SASL_USER = "reco-test"

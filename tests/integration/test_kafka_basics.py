@@ -31,7 +31,7 @@ from stream_reco.schemas import InvalidMessage
 from stream_reco.settings import Settings
 from stream_reco.shop.client import EventProducer
 from stream_reco.shop.tail import assign_all_partitions
-from stream_reco.stream.topics import ensure_topics_async
+from stream_reco.stream.topics import ensure_topics_async, joins_topic
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> di
 
 def test_topics_from_settings_have_partitions_and_compaction(unique_settings: Settings) -> None:
     s = unique_settings
-    topics = [s.events_topic, s.catalog_topic, s.recommendations_topic, s.dead_letter_topic]
+    topics = [s.events_topic, s.catalog_topic, s.recommendations_topic, s.dead_letter_topic, joins_topic(s)]
 
     async def go() -> None:
         assert sorted(await ensure_topics_async(s)) == sorted(topics)

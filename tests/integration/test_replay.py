@@ -11,7 +11,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from stream_reco.cli import EXIT_REJECTED, cli
+from stream_reco.cli import cli
+from stream_reco.exit_codes import EXIT_REJECTED
 from stream_reco.settings import Settings
 from stream_reco.shop.replay import replay_log
 from stream_reco.shop.simulate import write_shop

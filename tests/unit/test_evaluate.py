@@ -177,7 +177,7 @@ def test_evaluate_command_end_to_end_on_a_shop_log(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     report = orjson.loads(report_path.read_bytes())
-    methods = ["POP", "RPOP", "COVIS", "SKNN", OURS]
+    methods = ["POP", "RPOP", "COVIS", "SKNN", "V-SKNN", "STAN", "VSTAN", OURS]
     assert_complete(report, methods)
     quality = report["methods"][OURS]["quality"]
     assert quality["violations"]["total"] == 0, quality["violation_examples"]
@@ -212,7 +212,7 @@ def test_evaluate_a_dataset_subset(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = orjson.loads(report_path.read_bytes())
     assert report["n_events"] == 1500 and report["n_test"] == 300
-    assert_complete(report, ["POP", "RPOP", "COVIS", "SKNN", OURS])
+    assert_complete(report, ["POP", "RPOP", "COVIS", "SKNN", "V-SKNN", "STAN", "VSTAN", OURS])
     assert report["methods"][OURS]["quality"]["violations"]["total"] == 0
 
 

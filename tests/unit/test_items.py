@@ -245,7 +245,7 @@ def test_trained_items_without_metadata_have_vectors_but_are_not_recommended() -
     assert cat.search(cat.vector(undescribed), 1)[0][0] == undescribed  # type: ignore[arg-type]
 
 
-def test_trained_vector_wins_over_content_and_metadata_merges_by_time() -> None:
+def test_trained_vector_wins_over_content_and_live_metadata_wins_over_the_snapshot() -> None:
     art, items, _ = trained_shop()
     cat = ItemCatalog(SETTINGS)
     live = CatalogItem(items[0].item_id, category=items[0].category, in_stock=False, updated_at=10)
@@ -253,11 +253,61 @@ def test_trained_vector_wins_over_content_and_metadata_merges_by_time() -> None:
     stale = CatalogItem(items[1].item_id, category=("Old",), updated_at=1)
     cat.upsert(stale)
     snapshot = list(items)
+    snapshot[0] = CatalogItem(items[0].item_id, category=items[0].category, updated_at=50)
     snapshot[1] = CatalogItem(items[1].item_id, category=items[1].category, updated_at=5)
     cat.load_model(ModelArtifact(art.version, art.item_ids, art.vectors, catalog=snapshot))
     np.testing.assert_allclose(cat.vector(items[0].item_id), art.vectors[0], atol=1e-6)
-    assert not cat.is_recommendable(items[0].item_id)  # the live message (newer) won
-    assert cat.category_of(items[1].item_id) == items[1].category  # the snapshot (newer) won
+    assert not cat.is_recommendable(items[0].item_id)  # the live message won over a newer snapshot row
+    assert cat.category_of(items[1].item_id) == ("Old",)  # the live topic wins, whatever updated_at says
+    assert cat.category_of(items[2].item_id) == items[2].category  # never mentioned live: the snapshot fills in
+
+
+def hidden_after_load(cat: ItemCatalog, item_id: str, vector: np.ndarray) -> bool:
+    """The item is neither recommendable nor returned by a search aimed straight at its vector."""
+    found = {i for i, _ in cat.search(vector, len(cat) + 1)}
+    return not cat.is_recommendable(item_id) and item_id not in found
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        pytest.param({"in_stock": False}, id="out-of-stock"),
+        pytest.param({"deleted": True}, id="deleted"),
+    ],
+)
+def test_stock_only_updates_and_tombstones_survive_model_load(update: dict[str, bool]) -> None:
+    """Defect 2 (issue 11): stock-only updates and tombstones carry updated_at 0; an artifact row with a
+    newer updated_at must not bring the item back when the model loads after the catalog topic."""
+    art, items, _ = trained_shop()
+    target = items[5]
+    snapshot = [CatalogItem(i.item_id, category=i.category, price=i.price, updated_at=1_764_150_000_000)
+                for i in items]
+    cat = ItemCatalog(SETTINGS)
+    for item in items:  # the catalog topic: the full items, then the stock change / deletion
+        cat.upsert(item)
+    cat.upsert(CatalogItem(target.item_id, updated_at=0, **update))
+    cat.load_model(ModelArtifact(art.version, art.item_ids, art.vectors, catalog=snapshot))
+    assert hidden_after_load(cat, target.item_id, art.vectors[5])
+    # hot swap: a second, newer model with the same stale snapshot row
+    newer = [CatalogItem(i.item_id, category=i.category, updated_at=1_800_000_000_000) for i in items]
+    cat.load_model(ModelArtifact(art.version + "-2", art.item_ids, art.vectors, catalog=newer))
+    assert cat.model_version == art.version + "-2"
+    assert hidden_after_load(cat, target.item_id, art.vectors[5])
+    # a later live message restocks it: recommendable again, from the model's vector
+    cat.upsert(CatalogItem(target.item_id, category=target.category, updated_at=0))
+    assert cat.is_recommendable(target.item_id)
+    assert cat.search(art.vectors[5], 1)[0][0] == target.item_id
+
+
+def test_snapshot_rows_of_items_never_mentioned_live_follow_the_newest_model() -> None:
+    """Metadata that came only from a model is replaced by the next model's copy (it is not live)."""
+    art, items, _ = trained_shop()
+    cat = ItemCatalog(SETTINGS)
+    cat.load_model(ModelArtifact(art.version, art.item_ids, art.vectors, catalog=items))
+    assert cat.is_recommendable(items[3].item_id)
+    gone = [CatalogItem(i.item_id, category=i.category, in_stock=i.item_id != items[3].item_id) for i in items]
+    cat.load_model(ModelArtifact(art.version + "-2", art.item_ids, art.vectors, catalog=gone))
+    assert not cat.is_recommendable(items[3].item_id)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,9 @@ def warm_shop(rec: Recommender, start: int = T0) -> int:
                 for _ in range(ITEMS_PER_LEAF // 2 - n):
                     rec.observe(ev("view", item_id(li, n), t, session=f"w{li}-{v}"))
                     t += 1000
-    return t + 2 * DAY  # past every warm-up session
+    # past every warm-up session, and within a day of the shop's latest event: the shop clock moves at most
+    # a day per event (recommender.MAX_CLOCK_STEP_MS), so a visitor arriving later would be applied earlier
+    return t + DAY // 2
 
 
 def items_of(lst) -> list[str]:

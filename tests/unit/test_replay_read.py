@@ -10,9 +10,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from stream_reco.cli import EXIT_REJECTED, EXIT_USAGE, cli
+from stream_reco.cli import cli
+from stream_reco.exit_codes import EXIT_REJECTED, EXIT_USAGE
+from stream_reco.logs import LogFormatError, count_lines, detect_format, parse_timestamp, read_log
 from stream_reco.settings import Settings
-from stream_reco.shop.logs import LogFormatError, count_lines, detect_format, parse_timestamp, read_log
 from stream_reco.shop.replay import MAX_REPORTED_REJECTIONS, replay_log
 
 T0 = 1764150000000

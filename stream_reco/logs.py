@@ -1,11 +1,22 @@
-"""Reading event logs and catalogs from files, one record at a time, with the line each came from.
+"""Event logs and catalogs in files: the one reader every command uses.
 
-Why a reader of its own: `replay` must send a log of any size in constant memory, and report *which* lines it
-could not send and why, so a shop can fix its export. So the readers here are generators that never hold more
-than one record, never stop on a bad line, and hand back every record as a `LogRecord` carrying either the
-parsed document (already checked against the contract's schema) or an `InvalidMessage` saying what is wrong.
-Only a problem with the file as a whole (unreadable, a CSV header that cannot be mapped) raises, as
-`LogFormatError`.
+`replay`, `train`, `evaluate`, the demo and the model artifact (its ``catalog.jsonl``) all read files of
+contract documents; they share the reading here: opening (gzip by suffix), line numbers, a UTF-8 byte-order
+mark, blank lines, byte progress, and decoding each line with the contract's schema (`stream_reco.schemas`).
+They differ only in what a bad record means, so there are two ways to read:
+
+* **every record** (`read_log`): `replay` must send a log of any size in constant memory and report *which*
+  lines it could not send and why, so a shop can fix its export. It gets a generator that never holds more
+  than one record, never stops on a bad line, and hands back every record as a `LogRecord` carrying either
+  the parsed document (already checked against the contract's schema) or an `InvalidMessage` saying what is
+  wrong.
+* **stop at the first bad record** (`read_events`, `read_items`): training, evaluation and a model's
+  catalog are only meaningful on a whole, valid file; they get typed `Event` / `CatalogItem` records and a
+  `LogFormatError` naming the file and line of the first bad one.
+
+`csv_rows` reads the shared datasets' CSV files (evaluate/loaders.py maps their columns to events).
+Only a problem with the file as a whole (missing, unreadable, a CSV header that cannot be mapped) raises
+from `read_log`, as `LogFormatError`.
 
 Formats:
 
@@ -24,7 +35,7 @@ import csv
 import gzip
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,10 +44,13 @@ from typing import IO, Any, Literal
 import orjson
 
 from stream_reco import schemas
+from stream_reco.core.events import CatalogItem, Event
 from stream_reco.schemas import InvalidMessage
 
 LogFormat = Literal["jsonl", "csv"]
 Kind = Literal["event", "item"]
+#: called with the size in bytes of every line read (blank ones too): a progress bar's `update`
+Progress = Callable[[int], object]
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 CSV_SUFFIXES = frozenset({".csv"})
@@ -78,13 +92,36 @@ def _strip_gz(path: Path) -> tuple[str, bool]:
     return path.suffix.lower(), False
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def open_log(path: str | os.PathLike[str]) -> IO[bytes]:
+    """The file's bytes, decompressed when its name ends in ``.gz``; `LogFormatError` when it cannot be opened."""
+    p = Path(path)
     try:
-        if _strip_gz(path)[1]:
-            return gzip.open(path, "rb")
-        return open(path, "rb")
+        if _strip_gz(p)[1]:
+            return gzip.open(p, "rb")
+        return open(p, "rb")
     except OSError as exc:
-        raise LogFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise LogFormatError(f"cannot read {p}: {exc.strerror or exc}") from exc
+
+
+def iter_lines(path: str | os.PathLike[str], progress: Progress | None = None) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, the line without its line ending) for every non-blank line of the file.
+
+    A UTF-8 byte-order mark at the start is dropped. `progress`, if given, is called with the size of every
+    line read, blank ones included. A file that cannot be read to its end (a truncated ``.gz``) raises
+    `LogFormatError` where the reading stops.
+    """
+    p = Path(path)
+    with open_log(p) as f:
+        number = 0
+        try:
+            for number, raw in enumerate(f, start=1):
+                if progress is not None:
+                    progress(len(raw))
+                line = raw.removeprefix(UTF8_BOM) if number == 1 else raw
+                if line.strip():
+                    yield number, line.rstrip(b"\r\n")
+        except (OSError, EOFError) as exc:
+            raise LogFormatError(f"cannot read {p} after line {number}: {exc}") from exc
 
 
 def detect_format(path: str | os.PathLike[str]) -> LogFormat:
@@ -95,7 +132,7 @@ def detect_format(path: str | os.PathLike[str]) -> LogFormat:
         return "jsonl"
     if suffix in CSV_SUFFIXES:
         return "csv"
-    with _open_binary(p) as f:
+    with open_log(p) as f:
         head = f.read(SNIFF_BYTES)
     return "jsonl" if head.removeprefix(UTF8_BOM).lstrip().startswith(b"{") else "csv"
 
@@ -107,7 +144,7 @@ def count_lines(path: str | os.PathLike[str]) -> int | None:
     if _strip_gz(p)[1]:
         return None
     n, last = 0, b"\n"
-    with _open_binary(p) as f:
+    with open_log(p) as f:
         while chunk := f.read(COUNT_CHUNK_BYTES):
             n += chunk.count(b"\n")
             last = chunk[-1:]
@@ -146,26 +183,44 @@ def _checked(line: int, doc: Any, kind: Kind) -> LogRecord:
 
 
 def _read_jsonl(path: Path, kind: Kind, max_bytes: int) -> Iterator[LogRecord]:
-    with _open_binary(path) as f:
-        for number, raw in enumerate(f, start=1):
-            if number == 1:
-                raw = raw.removeprefix(UTF8_BOM)
-            if not raw.strip():
-                continue
-            size = len(raw.rstrip(b"\r\n"))
-            if size > max_bytes:
-                yield LogRecord(number, None, InvalidMessage(f"record is {size} bytes, larger than the limit of "
-                                                             f"{max_bytes} bytes (max_message_bytes)"))
-                continue
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield LogRecord(number, None, InvalidMessage(f"not valid JSON: {exc}"))
-                continue
-            if type(doc) is not dict:
-                yield LogRecord(number, None, InvalidMessage("record must be a JSON object"))
-                continue
-            yield _checked(number, doc, kind)
+    for number, line in iter_lines(path):
+        size = len(line)
+        if size > max_bytes:
+            yield LogRecord(number, None, InvalidMessage(f"record is {size} bytes, larger than the limit of "
+                                                         f"{max_bytes} bytes (max_message_bytes)"))
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield LogRecord(number, None, InvalidMessage(f"not valid JSON: {exc}"))
+            continue
+        if type(doc) is not dict:
+            yield LogRecord(number, None, InvalidMessage("record must be a JSON object"))
+            continue
+        yield _checked(number, doc, kind)
+
+
+def read_events(path: str | os.PathLike[str], progress: Progress | None = None) -> Iterator[tuple[int, Event]]:
+    """(line number, event) for every contract event of a JSONL file, decoded as a worker decodes them
+    (`schemas.decode_event`); the first record that is not one raises `LogFormatError` naming its line.
+    No size limit applies: a log is not a Kafka message."""
+    for number, line in iter_lines(path, progress):
+        try:
+            event = schemas.decode_event(line, max_bytes=len(line))
+        except InvalidMessage as exc:
+            raise LogFormatError(f"{path}:{number}: not a contract event: {exc}") from exc
+        yield number, event
+
+
+def read_items(path: str | os.PathLike[str], progress: Progress | None = None) -> Iterator[tuple[int, CatalogItem]]:
+    """(line number, item) for every contract catalog item of a JSONL file (`schemas.decode_item`); the
+    first record that is not one raises `LogFormatError` naming its line."""
+    for number, line in iter_lines(path, progress):
+        try:
+            item = schemas.decode_item(line, max_bytes=len(line))
+        except InvalidMessage as exc:
+            raise LogFormatError(f"{path}:{number}: not a contract catalog item: {exc}") from exc
+        yield number, item
 
 
 def parse_timestamp(text: str) -> int:
@@ -215,7 +270,7 @@ def _csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
 
 
 def _read_csv(path: Path, max_bytes: int) -> Iterator[LogRecord]:
-    with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+    with open_log(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
         reader = csv.reader(text)
         try:
             header = next(reader)
@@ -260,3 +315,26 @@ def _read_csv(path: Path, max_bytes: int) -> Iterator[LogRecord]:
                 yield LogRecord(start, None, exc)
                 continue
             yield _checked(start, doc, "event")
+
+
+def csv_rows(
+    path: str | os.PathLike[str], delimiter: str = ",", progress: Progress | None = None
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row by column name) for every non-blank data row of a CSV file with a header row, streamed:
+    the shared datasets' format (one record per line, no quoted line breaks). A row whose number of fields
+    is not the header's raises `LogFormatError` naming its line. `progress` gets each line's length."""
+    p = Path(path)
+    with open_log(p) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+        header_line = fh.readline()
+        if progress is not None:
+            progress(len(header_line))
+        header = next(csv.reader([header_line], delimiter=delimiter))
+        for lineno, line in enumerate(fh, start=2):
+            if progress is not None:
+                progress(len(line))
+            if not line.strip():
+                continue
+            values = next(csv.reader([line], delimiter=delimiter))
+            if len(values) != len(header):
+                raise LogFormatError(f"{p}:{lineno}: expected {len(header)} columns, got {len(values)}")
+            yield lineno, dict(zip(header, values, strict=True))
