@@ -20,6 +20,11 @@ ENV_PREFIX = "STREAM_RECO_"
 SECRET_FIELDS = frozenset({"sasl_password", "ssl_password"})
 
 
+#: the largest visitor state a worker writes to its changelog topic: below the broker's default
+#: `max.message.bytes` (1048588) that faust's changelog topics get, with room for the key and the record overhead
+MAX_CHANGELOG_MESSAGE_BYTES = 1_000_000
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the setting."""
 
@@ -286,6 +291,11 @@ class Settings:
             raise SettingsError(f"security_protocol {self.security_protocol!r} is not supported")
         if self.sasl_mechanism not in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             raise SettingsError(f"sasl_mechanism {self.sasl_mechanism!r} is not supported")
+        # a visitor state is one changelog message: a limit above what the worker may write would let the core keep
+        # states the worker then refuses to write (the table and its changelog would drift apart)
+        if self.max_state_bytes > MAX_CHANGELOG_MESSAGE_BYTES:
+            raise SettingsError(f"max_state_bytes ({self.max_state_bytes}) must not exceed "
+                                f"{MAX_CHANGELOG_MESSAGE_BYTES}, the largest state a worker writes to its changelog")
 
 
 def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:

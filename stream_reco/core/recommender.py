@@ -12,10 +12,10 @@ gives the same lists. Per-visitor state goes through a `VisitorStore`: a dict he
 worker. Shop-wide statistics (co-visitation, popularity) live in this object.
 
 The shop clock: `clock` is the latest time an event was applied at. An event is applied at its own
-timestamp, but at most `MAX_CLOCK_STEP_MS` past the clock (and at most the caller's `now_ms`, which a
-worker sets to its wall clock plus the allowed skew), so one event stamped 2099 by a buggy producer
-counts as one event a day ahead at most: its fair share, instead of decaying every other count to nothing and
-ending every visitor's suppressions. Late events are applied at their own (older) time, where decay
+timestamp, but at most the caller's `now_ms` (a worker passes its wall clock plus the allowed skew) or,
+without one (replays, evaluation), at most `MAX_CLOCK_STEP_MS` past the clock, so one event stamped 2099 by a
+buggy producer counts as one event a day ahead at most: its fair share, instead of decaying every other count
+to nothing and ending every visitor's suppressions. Late events are applied at their own (older) time, where decay
 gives them their fair, smaller share.
 """
 
@@ -170,13 +170,16 @@ class Recommender:
     # --- learning ---
 
     def applied_time(self, event: Event, now_ms: int | None = None) -> int:
-        """The time `event` would be applied at now: its timestamp, at most `MAX_CLOCK_STEP_MS` past the
-        shop clock and at most `now_ms` (the caller's ceiling, e.g. wall clock plus allowed skew)."""
+        """The time `event` would be applied at now: its timestamp, at most `now_ms` when the caller has a
+        wall clock (a worker: wall clock plus allowed skew), else at most `MAX_CLOCK_STEP_MS` past the shop
+        clock (in-process replays and evaluation, whose only clock is the log)."""
         ts = int(event.timestamp)
-        if self.clock is not None:
-            ts = min(ts, self.clock + MAX_CLOCK_STEP_MS)
         if now_ms is not None:
+            # a trusted wall clock bounds the future by itself; the step rule would instead trust the earliest
+            # events, and one stamped 1970 after a worker start would hold every later event near 1970
             ts = min(ts, int(now_ms))
+        elif self.clock is not None:
+            ts = min(ts, self.clock + MAX_CLOCK_STEP_MS)
         return max(ts, 0)
 
     def observe(self, event: Event, now_ms: int | None = None) -> bool:

@@ -10,8 +10,10 @@ The schema says what one message looks like; these checks relate it to where and
 - **Clock.** An event stamped later than the reference time plus `max_clock_skew_s` is from the future: one
   such event would age every shop-wide statistic at once (issue 11). The reference is the wall clock, or the
   Kafka record's own timestamp when that is earlier: the record timestamp is the producer's send time, so a
-  worker that reads a backlog (or rebuilds its statistics from the log, stream/recovery.py) decides exactly as
-  it did when the event was new. Old timestamps are never rejected here: `stream-reco replay` sends historical
+  worker that reads a backlog (or rebuilds its statistics from the log, stream/recovery.py) decides as it did
+  when the event was new. (Not exactly: a record whose producer's clock ran ahead of the worker's by more than
+  the skew is judged by the wall clock live and by its own, later, time in a rebuild; the core's ceiling still
+  keeps such an event to its fair share.) Old timestamps are never rejected here: `stream-reco replay` sends historical
   logs with their original times, and the core orders late events itself.
 
 Both the live worker (stream/app.py) and the statistics rebuild (stream/recovery.py) apply these checks, so a
@@ -36,6 +38,13 @@ def reference_ms(record_timestamp_ms: float | None, now_ms: float | None = None)
     if record_timestamp_ms is not None and record_timestamp_ms > 0:
         return int(min(wall, record_timestamp_ms))
     return int(wall)
+
+
+def ceiling_ms(reference: int, max_clock_skew_s: float) -> int:
+    """The latest time the core may apply an event at: the reference plus the tolerated skew (the core's
+    `Recommender.observe(now_ms=...)`). With the check off (skew 0) events are still applied no later than the
+    reference: a clamp, not a rejection."""
+    return reference + int(max(max_clock_skew_s, 0.0) * MS_PER_SECOND)
 
 
 def check_event(event: Event, key: bytes | None, reference: int, max_clock_skew_s: float) -> None:

@@ -39,7 +39,7 @@ import logging
 import sys
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from stream_reco.core.recommender import Recommender
 from stream_reco.core.state import DecodedStates, VisitorState
 from stream_reco.exit_codes import EXIT_RESTART
 from stream_reco.model import artifact as model_artifact
-from stream_reco.settings import Settings
+from stream_reco.settings import MAX_CHANGELOG_MESSAGE_BYTES, Settings
 from stream_reco.stream import admission, faust_internals, joins, topics
 from stream_reco.stream.recovery import DeliveryWatch, StallWatch, StatsRecovery
 
@@ -96,9 +96,8 @@ def faust_credentials(settings: Settings) -> Any:
 #: sends no new fetch to a broker while one is open, so a partition whose records were still being handed
 #: over when the fetch left waits for it: up to 1.5 s of extra latency at low rates (docs/benchmarks.md).
 FETCH_MAX_WAIT_MS = 50
-#: the largest visitor state written to the changelog: below the broker's default `max.message.bytes`
-#: (1048588) that faust's changelog topics get, with room for the key and the record's overhead
-CHANGELOG_MAX_BYTES = 1_000_000
+#: the largest visitor state written to the changelog (settings.py says why)
+CHANGELOG_MAX_BYTES = MAX_CHANGELOG_MESSAGE_BYTES
 #: latest published lists kept for the HTTP view, least recently used dropped first (~1-2 kB each, so tens
 #: of MB at the cap); a visitor past the cap is answered from its recovered state, as after a restart
 LATEST_LISTS_CAP = 20_000
@@ -107,6 +106,20 @@ LATEST_LISTS_CAP = 20_000
 SWEEP_INTERVAL_S = 2.5
 SWEEP_KEYS_PER_TICK = 1_000
 MS_PER_DAY = 86_400_000
+
+
+def guarded(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A faust timer whose exception is logged instead of stopping the worker (faust crashes the app on one);
+    the next tick tries again."""
+
+    async def run() -> None:
+        try:
+            await timer()
+        except Exception:
+            log.exception("timer %s failed; trying again at its next tick", timer.__name__)
+
+    run.__name__ = run.__qualname__ = f"guarded_{timer.__name__}"  # faust names timers after the function
+    return run
 
 
 def list_time(recommender: Recommender, trigger: Event) -> int:
@@ -266,8 +279,9 @@ class RecoWorker:
             value_type=bytes,
             partitions=settings.partitions,
         )
-        self.store = TableStore(self.visitors, settings.partitions,
-                                max_state_bytes=min(settings.max_message_bytes, CHANGELOG_MAX_BYTES))
+        # the changelog's limit, not `max_message_bytes` (the largest *incoming* message): the core keeps states
+        # within `max_state_bytes`, which settings.py keeps below this
+        self.store = TableStore(self.visitors, settings.partitions, max_state_bytes=CHANGELOG_MAX_BYTES)
         self.recommender = recommender or Recommender(settings, store=self.store)
         # statistics live only in memory: rebuilt from the events topic per partition (stream/recovery.py)
         self.recovery = StatsRecovery(settings, self.recommender, self.store)
@@ -281,20 +295,20 @@ class RecoWorker:
                                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
         self.app.agent(self.joins_topic, name="stream_reco.process_joins")(self._process_joins)
         self.app.task(self._consume_catalog)
-        self.app.timer(settings.model_poll_s)(self._watch_model)
-        self.app.timer(STATS_INTERVAL_S)(self._log_stats)
+        self.app.timer(settings.model_poll_s)(guarded(self._watch_model))
+        self.app.timer(STATS_INTERVAL_S)(guarded(self._log_stats))
         #: one step at a time applies events: a batch, or the repair of skipped ones (`_check_events_applied`)
         self.apply_lock = asyncio.Lock()
         #: set once the agent applies events (after the catalogue wait): delivery checks start then
         self.applying = False
         if settings.skip_check_s > 0:
-            self.app.timer(settings.skip_check_s)(self._check_events_applied)
+            self.app.timer(settings.skip_check_s)(guarded(self._check_events_applied))
         self.stall_watch = StallWatch(settings.recovery_stall_s)
         self.delivery_watch = DeliveryWatch(settings.delivery_stall_s)
         if settings.recovery_stall_s > 0:
-            self.app.timer(RECOVERY_WATCH_S)(self._watch_recovery)
+            self.app.timer(RECOVERY_WATCH_S)(guarded(self._watch_recovery))
         if settings.visitor_ttl_days > 0:
-            self.app.timer(SWEEP_INTERVAL_S)(self._sweep_visitors)
+            self.app.timer(SWEEP_INTERVAL_S)(guarded(self._sweep_visitors))
         self._sweep_keys: list[bytes] = []  # the visitors the current sweep round has still to look at
         # faust's own pages (tables, router, statistics) are not part of the contract: the `worker` command
         # binds the port even with web_enabled off, so they go whatever web_port says (contracts.md, "HTTP")
@@ -398,12 +412,24 @@ class RecoWorker:
             msg = fevent.message
             # messages the consumer skipped (faust can, around a rebalance) come first, each as its own batch,
             # as if it had been delivered (stream/recovery.py)
-            for missed in await self.recovery.before(msg.partition, msg.offset):
+            for missed in await self._recovered_before(msg):
                 await self._apply_alone(missed)
             value = fevent.value  # None for a tombstone: decode_event says so, instead of "not valid JSON"
             raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
             await self._handle_safely(msg, raw, triggers, replayed)
         await self._publish_all(triggers, replayed)
+
+    async def _recovered_before(self, msg: Any) -> list[Any]:
+        """`StatsRecovery.before`, with its failure confined: a rebuild that cannot finish (a broker read error)
+        is logged and counted, and the message is handled as usual; escaping, it would make faust acknowledge the
+        whole batch unapplied (see `_handle_safely`)."""
+        try:
+            return await self.recovery.before(msg.partition, msg.offset)
+        except Exception:
+            self.stats.counts["recovery_failed"] += 1
+            log.exception("statistics recovery before %s[%d]@%d failed; handling the message without it",
+                          msg.topic, msg.partition, msg.offset)
+            return []
 
     async def _handle_safely(self, msg: Any, raw: bytes | bytearray | None, triggers: dict[str, Event],
                              replayed: dict[str, tuple[Event, Recommendation]]) -> None:
@@ -449,9 +475,8 @@ class RecoWorker:
         except schemas.InvalidMessage as exc:
             await self._dead_letter(msg, raw, exc)  # type: ignore[arg-type]
             return
-        self.stream_time_ms = max(self.stream_time_ms, event.timestamp)
-        # the core clamps to this ceiling; admission already refused anything beyond it
-        ceiling = reference + int(settings.max_clock_skew_s * 1000) if settings.max_clock_skew_s > 0 else None
+        # the core applies the event at most at this ceiling (admission already refused anything beyond it)
+        ceiling = admission.ceiling_ms(reference, settings.max_clock_skew_s)
         self.store.current_key = event.visitor_key
         self.store.partition = msg.partition
         # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
@@ -466,6 +491,8 @@ class RecoWorker:
         if not observed:
             self.stats.counts["duplicates"] += 1
             return
+        if recommender.last_applied_ms is not None:  # the time it was applied at: the visitor TTL's clock
+            self.stream_time_ms = max(self.stream_time_ms, recommender.last_applied_ms)
         if forward:
             await self._join_across(event, msg.partition, local=shadow is None)
         self.stats.counts["events"] += 1
@@ -506,6 +533,9 @@ class RecoWorker:
                 self.stats.counts["joins_local"] += 1
             for state_key, state_value in outcome.send:  # a no-op when consumed; a restart's recovery reads it
                 await self.joins_topic.send(key=state_key, value=state_value)
+            if outcome.delete is not None:  # the user holds the session now: its own state goes (P(s)'s changelog)
+                self.store.current_key, self.store.partition = request.session_id, session_partition
+                joins.forget(self.store, outcome.delete)
             self.store.current_key, self.store.partition = event.visitor_key, partition
             return
         await self.joins_topic.send(key=key, value=value)
@@ -553,19 +583,11 @@ class RecoWorker:
                     await self._dead_letter(msg, raw, exc)
                 continue
             valid.append((msg, control))
-        # requests wait for the events that were in the log when they arrived (not for a moving log end)
-        ends: dict[int, float] = {}
-        for msg, control in valid:
-            if control.kind == joins.JOIN_REQUEST and msg.partition not in ends:
-                ends[msg.partition] = await self._log_end(msg.partition)
-        began = time.monotonic()
-        while not all(self._join_ready(control, msg.partition, ends.get(msg.partition, 0)) for msg, control in valid):
-            if time.monotonic() - began > joins.WAIT_S:
-                log.warning("joins: %d join records still waiting for their events partitions after %.0f s; "
-                            "applying them now", len(valid), joins.WAIT_S)
-                break
-            await self._commit_applied(ends)
-            await asyncio.sleep(JOIN_POLL_S)
+        try:
+            await self._wait_for_joins(valid)
+        except Exception:  # a broker error while waiting: apply them now rather than let faust drop the batch
+            self.stats.counts["join_wait_failed"] += 1
+            log.exception("joins: waiting for %d join records failed; applying them now", len(valid))
         for msg, control in valid:
             async with self.apply_lock:
                 try:
@@ -575,6 +597,22 @@ class RecoWorker:
                     self.stats.counts["failed_events"] += 1
                     log.exception("applying join record %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
                     await self._dead_letter(msg, msg.value, f"the worker failed to apply this join record: {exc!r}")
+
+    async def _wait_for_joins(self, valid: list[tuple[Any, joins.Control]]) -> None:
+        """Wait until every record may be applied (`_join_ready`), at most `joins.WAIT_S`; requests wait for the
+        events that were in the log when they arrived (not for a moving log end)."""
+        ends: dict[int, float] = {}
+        for msg, control in valid:
+            if control.kind == joins.JOIN_REQUEST and msg.partition not in ends:
+                ends[msg.partition] = await self._log_end(msg.partition)
+        began = time.monotonic()
+        while not all(self._join_ready(control, msg.partition, ends.get(msg.partition, 0)) for msg, control in valid):
+            if time.monotonic() - began > joins.WAIT_S:
+                log.warning("joins: %d join records still waiting for their events partitions after %.0f s; "
+                            "applying them now", len(valid), joins.WAIT_S)
+                return
+            await self._commit_applied(ends)
+            await asyncio.sleep(JOIN_POLL_S)
 
     async def _commit_applied(self, ends: dict[int, float]) -> None:
         """Commit now the events partitions whose waiting join requests have been applied but not yet committed,
@@ -600,7 +638,11 @@ class RecoWorker:
         self.store.partition = msg.partition
         outcome = joins.apply(control, self.recommender.store, self.settings)
         for key, value in outcome.send:
-            await self.joins_topic.send(key=key, value=value)
+            delivered = await self.joins_topic.send(key=key, value=value)
+            if outcome.delete is not None:
+                await delivered  # the session goes only once its state is safely on the joins topic
+        if outcome.delete is not None:
+            joins.forget(self.recommender.store, outcome.delete)  # current_key/partition: the session's
         self.stats.counts[control.kind] += 1
         if outcome.republish is not None:
             self.store.current_key = control.user_id
@@ -724,7 +766,9 @@ class RecoWorker:
         """Serve `art`; one the core refuses is remembered like a corrupt folder and the current model serves on."""
         try:
             self.recommender.load_model(art)
-        except ValueError as exc:  # core.items.CatalogError: the model is unusable; nothing was swapped
+        except Exception as exc:  # core.items.CatalogError (a ValueError), or a bug: never stop the worker for it
+            if not isinstance(exc, ValueError):
+                log.exception("loading model %s failed", path)
             self.model_picker.reject(path, exc)
             return False
         finally:

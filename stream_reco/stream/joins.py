@@ -20,7 +20,10 @@ visitor's state lives.
    log when the request arrived (`WAIT_S` at most). Ordering: the shop produced s's events before
    the login, so they are all below that offset; after the wait they are in s's state, and none of them can
    be redelivered (and re-applied to a fresh s) after s has moved. Then it takes s's state if it is still
-   anonymous, deletes it (a tombstone on P(s)'s changelog) and sends a *join state* keyed by u, carrying it.
+   anonymous, sends a *join state* keyed by u, carrying it, and only once that send has succeeded deletes s
+   (a tombstone on P(s)'s changelog): `apply` returns the key to delete (`Outcome.delete`) and the caller
+   deletes it after the send (`forget`), so a failed send loses nothing (the request is tried again or
+   dead-lettered, and s stays where it was).
    An anonymous event of s that the shop produces after the login is not joined: it starts a new session
    state, as it would in the in-process replay. If the wait runs out (P(s) lags by more than the bound), the
    join goes ahead with what was applied by then, and the session's later events stay with the session.
@@ -52,6 +55,7 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream_reco import schemas
+from stream_reco.core.bloom import BloomFilter
 from stream_reco.core.events import Event
 from stream_reco.core.recommender import VisitorStore
 from stream_reco.core.state import StateError, VisitorState
@@ -150,8 +154,9 @@ def check_state(doc: dict[str, Any], session_id: str, dim: int | None) -> Visito
     """The carried state, decoded, if it may be merged into a user; else InvalidMessage naming `state`.
 
     The schema has checked its shape; this checks what a schema cannot: positions inside the history and
-    interest entries, that it is the named session's, and that its interest vectors are finite unit vectors of
-    the current model's dimension (`dim`; None: not checked). Caps need no check: the merge applies them."""
+    interest entries, that the owned-items filter ("ob", core/bloom.py) decodes to a filter of the module's size,
+    that it is the named session's, and that its interest vectors are finite unit vectors of the current model's
+    dimension (`dim`; None: not checked). Caps need no check: the merge applies them."""
     if doc["s"] != session_id:
         raise schemas.InvalidMessage(f"the state is session {str(doc['s'])[:40]!r}'s, not the record's", "state")
     for entry in doc["h"]:
@@ -163,6 +168,14 @@ def check_state(doc: dict[str, Any], session_id: str, dim: int | None) -> Visito
                 and math.isfinite(entry[1]) and entry[1] >= 0 and type(entry[2]) is int and entry[2] >= 0
                 and type(entry[3]) is int and entry[3] >= 0):
             raise schemas.InvalidMessage("interest entries must be [vector, weight >= 0, epoch ms, count]", "state")
+    if "ob" in doc:
+        owned = doc["ob"]
+        try:
+            if not isinstance(owned, str):
+                raise ValueError(f"a {type(owned).__name__}, not base64 text")
+            BloomFilter.from_text(owned)  # as VisitorState.from_dict reads it (binascii.Error is a ValueError)
+        except ValueError as exc:
+            raise schemas.InvalidMessage(f"the owned-items filter (ob) does not decode: {exc}", "state") from None
     try:
         state = VisitorState.from_dict(doc)
     except (StateError, KeyError, TypeError, ValueError, IndexError) as exc:
@@ -199,24 +212,39 @@ class Outcome:
     send: tuple[tuple[bytes, bytes], ...] = ()
     republish: Event | None = None  # publish this visitor's list again, with this trigger
     join_state: Control | None = None  # the join state sent (a worker owning both partitions applies it at once)
+    #: a visitor key the caller deletes (`forget`) once every record of `send` has been sent, never before: the
+    #: session a join request moves, which would be lost if it were gone and the send then failed
+    delete: str | None = None
+
+
+def forget(store: VisitorStore, key: str) -> None:
+    """Delete a visitor from `store` (`Outcome.delete`, after the send): a tombstone where the store can delete,
+    else an empty state (which a join request takes for "nothing to forward")."""
+    delete = getattr(store, "delete", None)
+    if callable(delete):
+        delete(key)
+    else:
+        store.put(key, VisitorState())
 
 
 def apply(control: Control, store: VisitorStore, settings: Settings) -> Outcome:
-    """Apply a join record to `store` (the table, on the partition of the record's key)."""
+    """Apply a join record to `store` (the table, on the partition of the record's key).
+
+    A join request changes nothing in `store`: it returns the session's join state to send and, in
+    `Outcome.delete`, the session to delete. The caller sends `Outcome.send` first and then calls
+    `forget(store, outcome.delete)` (on the session's partition), so a failed send leaves the session in place
+    (its request is redelivered or dead-lettered, and a later request still finds it). Until then a repeated
+    request sends the same join state again, which the user's side ignores (the join's id is remembered)."""
     if control.kind == JOIN_REQUEST:
         anon = store.get(control.session_id)
         if anon is None or anon.user_id is not None or anon.n_events == 0:
             return Outcome()  # unknown, already joined, or not anonymous: nothing to forward
-        delete = getattr(store, "delete", None)
-        if callable(delete):
-            delete(control.session_id)
-        else:
-            store.put(control.session_id, VisitorState())
         value = encode(JOIN_STATE, control.session_id, control.user_id, control.login_event_id, control.timestamp,
                        anon)
         followup = Control(JOIN_STATE, control.session_id, control.user_id, control.login_event_id,
                            control.timestamp, anon)
-        return Outcome(send=((control.user_id.encode(), value),), join_state=followup)
+        return Outcome(send=((control.user_id.encode(), value),), join_state=followup,
+                       delete=control.session_id)
     state = store.get(control.user_id) or VisitorState()
     if state.has_seen_event(control.join_id) or control.state is None:
         return Outcome()  # a redelivered join state

@@ -150,6 +150,8 @@ class StatsRecovery:
         self.rebuild_s = 0.0
         self.replayed = 0
         self.missed = 0
+        #: events the rebuild skipped because the core raised on them (the live worker dead-lettered them)
+        self.failed = 0
         self._ends_client: AIOKafkaConsumer | None = None
         self._ends_lock = asyncio.Lock()
 
@@ -222,11 +224,21 @@ class StatsRecovery:
         # the messages from `upto` on, up to where the scan stopped: the recovery region is among them
         tail: list[tuple[int, Event | None]] = []
 
-        def learn(record: Event | None) -> None:
+        def learn(msg: ConsumerRecord, record: Event | None) -> None:
+            """The shadow learns one event, at most at the time the live worker could have applied it (its
+            record time plus the skew); an event the core fails on was dead-lettered live: skipped here too."""
             nonlocal n
-            if record is not None:
-                shadow.observe(record)
-            n += record is not None
+            if record is None:
+                return
+            now_ms = admission.ceiling_ms(admission.reference_ms(msg.timestamp), self.settings.max_clock_skew_s)
+            try:
+                shadow.observe(record, now_ms=now_ms)
+            except Exception:
+                self.failed += 1
+                log.exception("partition %d: the statistics rebuild skipped offset %d, which the core failed on",
+                              partition, msg.offset)
+                return
+            n += 1
 
         consumer, tp = self._partition_reader(partition)
         await consumer.start()
@@ -251,14 +263,14 @@ class StatsRecovery:
                                 break
                         continue
                     if msg.offset < counted_below:
-                        learn(record)
+                        learn(msg, record)
                         continue
                     if not learning:
                         _share_statistics(shadow, live)
                         learning = True
                     window.append((msg, record))
                     if len(window) > MISSED_WINDOW:
-                        learn(window.popleft()[1])
+                        learn(*window.popleft())
         finally:
             await consumer.stop()
         # from here on (the window, then the recovery region) the shadow learns into the live statistics,
@@ -277,7 +289,7 @@ class StatsRecovery:
         else:
             for msg, record in window:
                 if msg.offset in in_window:
-                    learn(record)
+                    learn(msg, record)
         missed = [msg for msg, _ in window if msg.offset not in in_window]
         in_region = self._applied(tail, shadow.store, partition)
         if in_region:
@@ -487,7 +499,7 @@ class StatsRecovery:
 
     def snapshot(self) -> dict[str, Any]:
         return {"stats_rebuilt_events": self.rebuilt_events, "stats_rebuild_s": round(self.rebuild_s, 2),
-                "recovery_replayed": self.replayed, "missed_applied": self.missed}
+                "recovery_replayed": self.replayed, "missed_applied": self.missed, "rebuild_failed": self.failed}
 
 
 def _share_statistics(shadow: Recommender, live: Recommender) -> None:

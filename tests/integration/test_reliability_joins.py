@@ -111,6 +111,8 @@ def test_join_moves_the_session_once(rec: Recommender) -> None:
 
     request, _, _ = joins.join_request(login)
     outcome = joins.apply(request, session_store, rec.settings)
+    assert session in session_store and outcome.delete == session, "deleted by the caller, after the send"
+    joins.forget(session_store, outcome.delete)  # the worker does this once the join state is sent
     assert session not in session_store, "the session's state left its partition"
     assert outcome.join_state is not None and outcome.send[0][0] == user.encode()
     sent = joins.parse(outcome.send[0][1], 1_000_000)

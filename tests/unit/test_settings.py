@@ -74,6 +74,7 @@ def test_precedence_toml_then_env_then_override(tmp_path: Path) -> None:
         ({"STREAM_RECO_MMR_LAMBDA": "1.5"}, "mmr_lambda"),
         ({"STREAM_RECO_SECURITY_PROTOCOL": "TLS"}, "security_protocol"),
         ({"STREAM_RECO_SCOPE_TO_PAGE_CATEGORY": "maybe"}, "scope_to_page_category"),
+        ({"STREAM_RECO_MAX_STATE_BYTES": "2000000"}, "max_state_bytes"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:

@@ -74,6 +74,17 @@ def test_now_ms_ceiling_clamps_the_applied_time():
     assert rec.visitor("s").purchased[item_id(0, 0)] == T0
 
 
+def test_an_ancient_first_event_does_not_hold_later_events_back_when_a_wall_clock_is_given():
+    rec = make_rec()
+    rec.observe(ev("view", item_id(0, 1), 1000, session="old"), now_ms=T0 + MINUTE)
+    for n in range(5):
+        assert rec.observe(ev("purchase", item_id(0, 2 + n), T0 + n, session="v"), now_ms=T0 + MINUTE)
+    state = rec.visitor("v")
+    assert state.last_seen == T0 + 4, "applied at their own times, not at 1970 plus a day per event"
+    assert state.purchased[item_id(0, 2)] == T0
+    assert rec.n_clamped == 0
+
+
 def test_far_future_event_keeps_visitor_suppressions_and_interests():
     rec = make_rec()
     sofa = item_id(SOFAS, 0)

@@ -134,11 +134,13 @@ def test_a_state_larger_than_a_message_is_never_written(tmp_path: Path) -> None:
     assert kept is not None and kept.last_seen == 7, "the previous state is kept"
 
 
-def test_the_state_limit_defaults_below_the_broker_message_size(tmp_path: Path) -> None:
+def test_the_state_limit_is_the_changelog_limit_not_the_incoming_message_limit(tmp_path: Path) -> None:
     worker, _, _ = make_worker(tmp_path, max_message_bytes=5_000_000)
     assert worker.store.max_state_bytes == app_module.CHANGELOG_MAX_BYTES < 1_048_588
-    worker, _, _ = make_worker(tmp_path, max_message_bytes=200_000)
-    assert worker.store.max_state_bytes == 200_000
+    # a shop that accepts only small events still keeps heavy buyers' states (Bloom filter: ~7 KB)
+    worker, _, _ = make_worker(tmp_path, max_message_bytes=5_000)
+    assert worker.store.max_state_bytes == app_module.CHANGELOG_MAX_BYTES
+    assert worker.settings.max_state_bytes <= worker.store.max_state_bytes
 
 
 def test_latest_lists_are_bounded_least_recently_used_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,3 +268,45 @@ def test_join_records_wait_once_per_batch_and_a_failing_one_is_dead_lettered(tmp
     reasons = [orjson.loads(v)["error"] for _, v in dead.records]  # type: ignore[arg-type]
     assert len(reasons) == 2 and "join exploded" in reasons[1], reasons
     assert worker.stats.counts["failed_events"] == 1
+
+
+def test_a_failing_statistics_recovery_does_not_drop_the_batch(tmp_path: Path) -> None:
+    worker, lists, dead = make_worker(tmp_path)
+
+    async def broken(partition: int, offset: int) -> list[Any]:
+        raise ConnectionError("broker gone while rebuilding")
+
+    worker.recovery.before = broken  # type: ignore[method-assign]
+    asyncio.run(worker.handle_batch([delivered(0, "u-a", "a-1"), delivered(1, "u-b", "b-1")]))
+    assert sorted(k for k, _ in lists.records) == [b"u-a", b"u-b"], "the batch is applied and published"
+    assert worker.stats.counts["recovery_failed"] == 2 and dead.records == []
+
+
+def test_a_failing_join_wait_still_applies_the_join_records(tmp_path: Path) -> None:
+    worker, _, _ = make_worker(tmp_path)
+    applied: list[str] = []
+
+    async def log_end(partition: int) -> float:
+        raise ConnectionError("broker gone")
+
+    async def control(msg: Any, record: joins.Control) -> None:
+        applied.append(record.login_event_id)
+
+    worker._log_end = log_end  # type: ignore[method-assign]
+    worker._control = control  # type: ignore[method-assign]
+    asyncio.run(worker._handle_joins([join_request_record(0, "s-a", "u-a", "login-a")]))
+    assert applied == ["login-a"] and worker.stats.counts["join_wait_failed"] == 1
+
+
+def test_a_failing_timer_is_logged_and_runs_again(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("timer exploded")
+
+    run = app_module.guarded(flaky)
+    asyncio.run(run())
+    asyncio.run(run())
+    assert len(calls) == 2 and run.__name__ == "guarded_flaky"
