@@ -27,7 +27,7 @@ from stream_reco.evaluate.protocol import (
     StreamRecoMethod,
     run_protocol,
 )
-from stream_reco.evaluate.report import build_report, table, write_report
+from stream_reco.evaluate.report import build_report, rule_price_report, table, write_report
 from stream_reco.evaluate.session_knn import Stan, VSkNN, VStan
 from stream_reco.extras import require
 from stream_reco.settings import Settings
@@ -63,6 +63,21 @@ def make_methods(
     return methods
 
 
+# the product rules whose price `--rule-prices` measures: each is switched off alone and our method re-run
+# (docs/evaluation.md's rules that stay enforced, dismissed / out of stock / bought, are not among them)
+RULE_OFF: dict[str, dict[str, Any]] = {
+    "purchase_suppression": {"purchase_suppress_days": 0.0},
+    "category_cap": {"max_category_share": 0.0},
+    "seen_in_session": {"viewed_penalty": 1.0},
+}
+RULE_SETTINGS: tuple[str, ...] = tuple(key for off in RULE_OFF.values() for key in off)
+
+
+def rule_settings(settings: Settings, rule: str | None) -> Settings:
+    """The settings of one run: the defaults given, or them with `rule` switched off."""
+    return settings if rule is None else settings.replace(**RULE_OFF[rule])
+
+
 @dataclass
 class _GroupOutcome:
     """What one group of methods sends back from its (possibly forked) run."""
@@ -70,6 +85,8 @@ class _GroupOutcome:
     result: ProtocolResult
     quality: dict[str, Any] | None
     model: dict[str, Any] | None
+    # the rule settings our method actually ran with (None when the group has no `stream_reco`)
+    rules_used: dict[str, Any] | None = None
 
 
 # the log handed to forked workers: set just before the pool forks, so children inherit it instead of
@@ -78,7 +95,8 @@ _FORK_SHARED: dict[str, Any] = {}
 
 
 def _run_group(
-    names: Sequence[str], loaded: LoadedLog, settings: Settings, catalog_upfront: bool, progress: bool
+    names: Sequence[str], loaded: LoadedLog, settings: Settings, catalog_upfront: bool, progress: bool,
+    desc: str = "test-then-learn",
 ) -> _GroupOutcome:
     k = settings.eval_list_k
     built = make_methods(names, loaded, settings, catalog_upfront, progress)
@@ -96,16 +114,25 @@ def _run_group(
         observers=[tracker.observe] if tracker else [],
         learn_observers=[tracker.learn] if tracker else [],
         progress=progress,
+        desc=desc,
     )
     model = None
-    if ours is not None and ours.artifact is not None:
-        model = {"version": ours.artifact.version, "training": ours.artifact.training,
-                 "train_s": round(ours.train_s, 3)}
-    return _GroupOutcome(result, tracker.summary() if tracker else None, model)
+    rules_used = None
+    if ours is not None:
+        rules_used = {key: getattr(ours.settings, key) for key in RULE_SETTINGS}
+        if ours.artifact is not None:
+            model = {"version": ours.artifact.version, "training": ours.artifact.training,
+                     "train_s": round(ours.train_s, 3)}
+    return _GroupOutcome(result, tracker.summary() if tracker else None, model, rules_used)
 
 
-def _run_forked_group(names: Sequence[str], catalog_upfront: bool, progress: bool) -> _GroupOutcome:
-    return _run_group(names, _FORK_SHARED["loaded"], _FORK_SHARED["settings"], catalog_upfront, progress)
+def _run_forked_group(names: Sequence[str], rule: str | None, catalog_upfront: bool, progress: bool) -> _GroupOutcome:
+    return _run_group(names, _FORK_SHARED["loaded"], rule_settings(_FORK_SHARED["settings"], rule),
+                      catalog_upfront, progress, _desc(rule))
+
+
+def _desc(rule: str | None) -> str:
+    return "test-then-learn" if rule is None else f"{OURS} without {rule}"
 
 
 def evaluate(
@@ -117,36 +144,53 @@ def evaluate(
     progress: bool = True,
     load_s: float = 0.0,
     jobs: int = 1,
+    rule_prices: bool = False,
 ) -> dict[str, Any]:
     """Run the protocol on a loaded log for the named methods and return the report (nothing is written).
 
-    Methods never interact, so with `jobs` > 1 our method and the baselines run in two forked processes
+    Methods never interact, so with `jobs` > 1 our method and the baselines run in forked processes
     (on JD our method costs more than the seven baselines together); the ranks are identical to a
-    single-process run, only the wall time halves on two cores.
+    single-process run, only the wall time shrinks.
+
+    `rule_prices` re-runs our method once per product rule of `RULE_OFF`, that rule switched off and every
+    other setting as given, and reports what each rule costs (`report["rule_prices"]`). The baselines do
+    not depend on these settings and are not re-run.
     """
     names = list(dict.fromkeys(methods))
     make_methods(names, loaded, settings, catalog_upfront, progress=False)  # reject unknown names early
+    if rule_prices and OURS not in names:
+        raise ValueError(f"rule prices re-run {OURS}, which is not among the methods")
     groups = [g for g in ([n for n in names if n == OURS], [n for n in names if n != OURS]) if g]
-    if jobs > 1 and len(groups) > 1 and "fork" in multiprocessing.get_all_start_methods():
+    tasks: list[tuple[list[str], str | None]] = [(g, None) for g in groups]
+    if rule_prices:
+        tasks += [([OURS], rule) for rule in RULE_OFF]
+    if jobs > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
         _FORK_SHARED.update(loaded=loaded, settings=settings)
         try:
-            with ProcessPoolExecutor(max_workers=len(groups), mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_run_forked_group, g, catalog_upfront, progress) for g in groups]
-                outcomes = [f.result() for f in futures]
+            with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                                     mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_run_forked_group, g, rule, catalog_upfront, progress) for g, rule in tasks]
+                all_outcomes = [f.result() for f in futures]
         finally:
             _FORK_SHARED.clear()
+        outcomes = all_outcomes[:len(groups)]
     else:
         outcomes = [_run_group(names, loaded, settings, catalog_upfront, progress)]
+        all_outcomes = outcomes + [
+            _run_group([OURS], loaded, rule_settings(settings, rule), catalog_upfront, progress, _desc(rule))
+            for _, rule in tasks[len(groups):]
+        ]
+    rule_outcomes = all_outcomes[len(outcomes):]
     merged = outcomes[0].result
     by_name = {name: r for o in outcomes for name, r in o.result.methods.items()}
     merged.methods = {name: by_name[name] for name in names}
     merged.elapsed_s = max(o.result.elapsed_s for o in outcomes)
     quality = next((o.quality for o in outcomes if o.quality is not None), None)
     model = next((o.model for o in outcomes if o.model is not None), None)
-    extra: dict[str, Any] = {"settings": settings.masked(), "jobs": len(outcomes)}
+    extra: dict[str, Any] = {"settings": settings.masked(), "jobs": min(jobs, len(tasks)) if jobs > 1 else 1}
     if model is not None:
         extra["model"] = model
-    return build_report(
+    report = build_report(
         merged,
         dataset=loaded.dataset,
         log_path=str(loaded.path or ""),
@@ -156,6 +200,16 @@ def evaluate(
         extra=extra,
         load_s=load_s,
     )
+    if rule_prices:
+        default_used = next(o.rules_used for o in outcomes if o.rules_used is not None)
+        report["rule_prices"] = rule_price_report(
+            report["methods"][OURS],
+            default_used,
+            {rule: (RULE_OFF[rule], o.rules_used or {}, o.result.methods[OURS], o.quality or {})
+             for (_, rule), o in zip(tasks[len(groups):], rule_outcomes, strict=True) if rule is not None},
+        )
+        report["timings"]["rule_prices_s"] = round(sum(o.result.elapsed_s for o in rule_outcomes), 3)
+    return report
 
 
 @click.command("evaluate")
@@ -170,18 +224,25 @@ def evaluate(
               help="Comma-separated methods to evaluate.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
-@click.option("--jobs", type=click.IntRange(1, 2), default=min(2, os.cpu_count() or 1), show_default=True,
-              help="Processes: 2 runs our method and the baselines side by side.")
+@click.option("--jobs", type=click.IntRange(1, 5), default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Processes: 2 runs our method and the baselines side by side; with --rule-prices up to 5 "
+                   "(one per run).")
+@click.option("--rule-prices", is_flag=True,
+              help="Also re-run our method with each product rule switched off in turn (purchase suppression, "
+                   "category cap, seen-in-session penalty) and report what each rule costs; one more run of "
+                   "our method per rule.")
 @click.pass_obj
 def evaluate_cmd(state: Any, log_path: str | None, catalog: str | None, report_path: str | None,
                  dataset: str | None, max_events: int | None, methods: str, plots: bool, progress: bool,
-                 jobs: int) -> None:
+                 jobs: int, rule_prices: bool) -> None:
     """Replay LOG (JSONL, a shared dataset file, or a dataset name) test-then-learn and report quality."""
     settings: Settings = state.settings
     source = log_path or dataset
     if not source:
         raise click.UsageError("give a LOG or --dataset NAME")
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    if rule_prices and OURS not in names:
+        raise click.UsageError(f"--rule-prices re-runs {OURS}; add it to --methods")
     # said now rather than after a replay of minutes: training our method needs scipy, plots matplotlib
     require("evaluate", *(["scipy"] if OURS in names else []), *(["matplotlib"] if plots else []))
     t0 = time.perf_counter()
@@ -197,7 +258,7 @@ def evaluate_cmd(state: Any, log_path: str | None, catalog: str | None, report_p
         loaded.dataset = dataset
     try:
         report = evaluate(loaded, settings, methods=names, catalog_upfront=upfront, progress=progress,
-                          load_s=load_s, jobs=jobs)
+                          load_s=load_s, jobs=jobs, rule_prices=rule_prices)
     except ProtocolError as exc:
         raise click.ClickException(str(exc)) from exc
     # CPU seconds of this process and its forked workers: wall time alone misleads on a shared machine

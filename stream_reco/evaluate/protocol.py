@@ -113,6 +113,7 @@ def run_protocol(
     observers: Sequence[ListObserver] = (),
     learn_observers: Sequence[Callable[[LogRecord], None]] = (),
     progress: bool = True,
+    desc: str = "test-then-learn",
 ) -> ProtocolResult:
     """Fit every method on the training part, then test-then-learn over the rest (both variants at once)."""
     started = time.perf_counter()
@@ -132,7 +133,7 @@ def run_protocol(
         results[method.name].fit_s = time.perf_counter() - t0
 
     clock = time.perf_counter
-    for record in tqdm(test, desc="test-then-learn", unit="ev", disable=not progress, mininterval=1.0):
+    for record in tqdm(test, desc=desc, unit="ev", disable=not progress, mininterval=1.0):
         event = record.event
         visitor = event.visitor_key
         if record.target:
