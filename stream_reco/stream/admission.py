@@ -25,7 +25,8 @@ from __future__ import annotations
 import time
 
 from stream_reco.core.events import CatalogItem, Event
-from stream_reco.schemas import InvalidMessage
+from stream_reco.schemas import InvalidMessage, decode_event
+from stream_reco.settings import Settings
 
 MS_PER_SECOND = 1000
 
@@ -59,6 +60,14 @@ def check_event(event: Event, key: bytes | None, reference: int, max_clock_skew_
         raise InvalidMessage(
             f"timestamp {event.timestamp} is in the future: more than the tolerated clock skew (max_clock_skew_s = "
             f"{max_clock_skew_s:g} s) after the message arrived", "timestamp")
+
+
+def admit(raw: bytes | bytearray | None, key: bytes | None, reference: int, settings: Settings) -> Event:
+    """The event in `raw` if a worker may apply it (the schema, then `check_event`), else `InvalidMessage`: the one
+    decision the live worker and the statistics rebuild share."""
+    event = decode_event(raw, max_bytes=settings.max_message_bytes)
+    check_event(event, key, reference, settings.max_clock_skew_s)
+    return event
 
 
 def check_item(item: CatalogItem, key: bytes | None) -> None:

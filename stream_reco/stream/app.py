@@ -122,6 +122,11 @@ def guarded(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None
     return run
 
 
+def raw_bytes(value: Any) -> bytes | bytearray | None:
+    """A consumed value as bytes (faust may hand a memoryview), None kept for a tombstone."""
+    return value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
+
+
 def list_time(recommender: Recommender, trigger: Event) -> int:
     """The time a list triggered by `trigger` is computed at: the trigger's own time, but never past the shop
     clock, since the core applied the trigger no later than that (a clamped event, core/recommender.py)."""
@@ -414,9 +419,8 @@ class RecoWorker:
             # as if it had been delivered (stream/recovery.py)
             for missed in await self._recovered_before(msg):
                 await self._apply_alone(missed)
-            value = fevent.value  # None for a tombstone: decode_event says so, instead of "not valid JSON"
-            raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
-            await self._handle_safely(msg, raw, triggers, replayed)
+            # None for a tombstone: decode_event says so, instead of "not valid JSON"
+            await self._handle_safely(msg, raw_bytes(fevent.value), triggers, replayed)
         await self._publish_all(triggers, replayed)
 
     async def _recovered_before(self, msg: Any) -> list[Any]:
@@ -440,12 +444,16 @@ class RecoWorker:
         try:
             await self._handle_message(msg, raw, triggers, replayed)
         except Exception as exc:
-            # the core may have changed a cached state object before it raised: read states afresh from the table
-            self.store.decoded.clear()
-            self.stats.counts["failed_events"] += 1
-            log.exception("applying %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
-            await self._dead_letter(msg, None if raw is None else bytes(raw),
-                                    f"the worker failed to apply this message: {exc!r}")
+            await self._failed(msg, raw, exc)
+
+    async def _failed(self, msg: Any, raw: bytes | bytearray | None, exc: Exception) -> None:
+        """A message whose handling raised: logged, counted and dead-lettered with the exception as the reason."""
+        # the core may have changed a cached state object before it raised: read states afresh from the table
+        self.store.decoded.clear()
+        self.stats.counts["failed_events"] += 1
+        log.exception("applying %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+        await self._dead_letter(msg, None if raw is None else bytes(raw),
+                                f"the worker failed to apply this message: {exc!r}")
 
     async def _publish_all(self, triggers: dict[str, Event], replayed: dict[str, tuple[Event, Recommendation]]
                            ) -> None:
@@ -470,8 +478,7 @@ class RecoWorker:
         settings = self.settings
         reference = admission.reference_ms(faust_internals.record_time_ms(msg))
         try:
-            event = schemas.decode_event(raw, max_bytes=settings.max_message_bytes)
-            admission.check_event(event, msg.key, reference, settings.max_clock_skew_s)
+            event = admission.admit(raw, msg.key, reference, settings)
         except schemas.InvalidMessage as exc:
             await self._dead_letter(msg, raw, exc)  # type: ignore[arg-type]
             return
@@ -571,13 +578,10 @@ class RecoWorker:
         waits added up (20 s for a login's list in the demo at 300 events/s)."""
         valid: list[tuple[Any, joins.Control]] = []
         for fevent in batch:
-            msg, value = fevent.message, fevent.value
-            raw = value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
+            msg, raw = fevent.message, raw_bytes(fevent.value)
             try:
-                control = joins.parse(raw, self.settings.max_message_bytes, dim=self.recommender.catalog.dim)
-                if msg.key != control.key.encode():  # else it sits on another visitor's partition
-                    field = "session_id" if control.kind == joins.JOIN_REQUEST else "user_id"
-                    raise schemas.InvalidMessage(f"the record's key is not its {field}", "key")
+                control = joins.parse_record(msg.key, raw, self.settings.max_message_bytes,
+                                             dim=self.recommender.catalog.dim)
             except schemas.InvalidMessage as exc:
                 async with self.apply_lock:
                     await self._dead_letter(msg, raw, exc)
@@ -593,10 +597,7 @@ class RecoWorker:
                 try:
                     await self._control(msg, control)
                 except Exception as exc:  # one record's failure is its own: dead-lettered, the batch goes on
-                    self.store.decoded.clear()
-                    self.stats.counts["failed_events"] += 1
-                    log.exception("applying join record %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
-                    await self._dead_letter(msg, msg.value, f"the worker failed to apply this join record: {exc!r}")
+                    await self._failed(msg, msg.value, exc)
 
     async def _wait_for_joins(self, valid: list[tuple[Any, joins.Control]]) -> None:
         """Wait until every record may be applied (`_join_ready`), at most `joins.WAIT_S`; requests wait for the

@@ -150,6 +150,18 @@ def parse(raw: bytes | bytearray | memoryview | None, max_bytes: int, dim: int |
                    login_event_id=doc["login_event_id"], timestamp=int(doc["timestamp"]), state=state)
 
 
+def parse_record(key: bytes | None, raw: bytes | bytearray | memoryview | None, max_bytes: int,
+                 dim: int | None = None) -> Control:
+    """`parse`, and the record's Kafka key must be the visitor it is keyed by (`Control.key`): a record on
+    another visitor's partition would change state that another worker owns. Both readers of the joins topic
+    (the worker's agent, the recovery of a restart) take records through here."""
+    control = parse(raw, max_bytes, dim=dim)
+    if key != control.key.encode():
+        field = "session_id" if control.kind == JOIN_REQUEST else "user_id"
+        raise schemas.InvalidMessage(f"the record's key is not its {field}", "key")
+    return control
+
+
 def check_state(doc: dict[str, Any], session_id: str, dim: int | None) -> VisitorState:
     """The carried state, decoded, if it may be merged into a user; else InvalidMessage naming `state`.
 

@@ -397,12 +397,9 @@ class StatsRecovery:
         and the same edge checks as the worker (key, clock: stream/admission.py), judged by the record's own
         timestamp so that a rebuild decides as the worker did when the event was new."""
         try:
-            event = schemas.decode_event(msg.value, max_bytes=self.settings.max_message_bytes)
-            admission.check_event(event, msg.key, admission.reference_ms(msg.timestamp),
-                                  self.settings.max_clock_skew_s)
+            return admission.admit(msg.value, msg.key, admission.reference_ms(msg.timestamp), self.settings)
         except schemas.InvalidMessage:
             return None
-        return event
 
     def _held(self, event: Event) -> bool:
         """Whether the table's state of the event's visitor holds its id (evidence that it was applied)."""
@@ -431,12 +428,11 @@ class StatsRecovery:
                 batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
                 for msg in batch.get(tp, ()):
                     try:
-                        control = joins.parse(msg.value, self.settings.max_message_bytes,
-                                              dim=self.recommender.catalog.dim)
+                        control = joins.parse_record(msg.key, msg.value, self.settings.max_message_bytes,
+                                                     dim=self.recommender.catalog.dim)
                     except schemas.InvalidMessage:
                         continue
-                    if (control.kind == joins.JOIN_STATE and control.login_event_id in logins
-                            and msg.key == control.key.encode()):
+                    if control.kind == joins.JOIN_STATE and control.login_event_id in logins:
                         found[control.login_event_id] = control
         except Exception as exc:  # the joins are only needed for the lists of this region: go on without
             log.warning("partition %d: joins topic unreadable (%r); the region's lists lack joined sessions",
