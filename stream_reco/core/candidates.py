@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stream_reco.core.events import CATEGORY_SEP
-from stream_reco.core.state import CODE_TYPES, MIN_NORM, POSITIVE_CODES, VisitorState, event_weight
+from stream_reco.core.interests import MIN_NORM
+from stream_reco.core.state import CODE_TYPES, POSITIVE_CODES, VisitorState, event_weight
 from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
 

@@ -252,7 +252,7 @@ class DecayedCounts:
         if self.ref is None:
             return 0.0
         # A query older than the reference time (an out-of-order event from long before every count) must not
-        # grow the counts, as in state.decay_factor: 2 ** (decades / half-life) overflowed (OverflowError) and
+        # grow the counts, as in interests.decay_factor: 2 ** (decades / half-life) overflowed (OverflowError) and
         # crashed the worker on a valid event with timestamp 0 (tests/integration/test_reliability_bad_input.py).
         return 2.0 ** (-max(now_ms - self.ref, 0) / self.half_life_ms)
 

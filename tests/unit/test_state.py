@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_reco.core.state import (
-    Interest,
-    StateError,
-    VisitorState,
-    decay_factor,
-    leaf_of,
-    parent_of,
-    update_interests,
-)
+from stream_reco.core.interests import Interest, decay_factor, update_interests
+from stream_reco.core.state import StateError, VisitorState, leaf_of, parent_of
 from tests.unit.core_fixtures import DAY, HOUR, MINUTE, T0, ev, make_settings
 
 DIM = 8
