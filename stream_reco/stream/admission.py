@@ -16,7 +16,7 @@ The schema says what one message looks like; these checks relate it to where and
   keeps such an event to its fair share.) Old timestamps are never rejected here: `stream-reco replay` sends historical
   logs with their original times, and the core orders late events itself.
 
-Both the live worker (stream/app.py) and the statistics rebuild (stream/recovery.py) apply these checks, so a
+Both the live worker (stream/ingest.py) and the statistics rebuild (stream/recovery.py) apply these checks, so a
 message the worker dead-lettered is never learned by a rebuild either.
 """
 

@@ -1,6 +1,6 @@
 """The one place that touches faust-streaming's (and aiokafka's) private internals, and checks them at start-up.
 
-The worker repairs faust-streaming 0.15.3's failures (stream/recovery.py, docs/operations.md) and tunes what
+The worker repairs faust-streaming 0.15.3's failures (stream/repairs.py, docs/operations.md) and tunes what
 faust offers no setting for; both need faust internals: the consumer's record of commits, the table
 recovery's progress, the fetch wait of the consumer aiokafka creates, the web server's built-in blueprints.
 Read through `getattr(..., None) or {}`, a renamed internal would silently turn a repair off after an upgrade.

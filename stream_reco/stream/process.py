@@ -3,7 +3,7 @@
 Used by the demo, the benchmarks and the integration tests: they run workers exactly as a deployment does,
 and read the worker's output to know when it is ready and whether it crashed. Like a deployment's supervisor
 (systemd `Restart=on-failure`, Kubernetes, docker-compose `restart:`), it starts a worker again that exits
-asking for a restart (`EXIT_RESTART`: faust wedged, stream/app.py), and counts the restarts.
+asking for a restart (`EXIT_RESTART`: faust wedged, stream/repairs.py), and counts the restarts.
 """
 
 from __future__ import annotations

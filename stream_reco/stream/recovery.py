@@ -21,16 +21,11 @@ What it does. The events topic is the source of truth, so the statistics are reb
    the changelog) but not yet committed are delivered again, and the table already reflects them. The core
    would drop them as duplicates, so their statistics would be lost and their lists (perhaps lost in the
    crash) never published again. So the rebuild also scans on from the committed offset and decides, *per
-   visitor*, which redelivered events the table already holds (`_applied`): a visitor's state reflects that
-   visitor's events in log order up to some point (one consumer applies a partition in order), so every event
-   of the visitor up to the last one whose event_id its state holds was applied, and the later ones were not.
-   Only an event's *first* occurrence is evidence: a producer's duplicate of an event applied long ago is in
-   the state whatever happened to the events before it (issue 11, defect 4: taking it as evidence hid an
-   unapplied purchase). An anonymous session joined into a user by a login later in the log (same partition)
-   counts as that user's: its own key then shows nothing. The held events are applied by the shadow (learning
-   statistics in order) and the worker republishes the shadow's list for each: the list the dead worker
-   computed or would have; the others are applied to the table as usual, each exactly once. From the last
-   held event on (the end of the *recovery region*), table and log agree, and the shadow is dropped.
+   visitor*, which redelivered events the table already holds (stream/region.py says how). The held events
+   are applied by the shadow (learning statistics in order) and the worker republishes the shadow's list for
+   each: the list the dead worker computed or would have; the others are applied to the table as usual, each
+   exactly once. From the last held event on (the end of the *recovery region*), table and log agree, and the
+   shadow is dropped.
 
 3. The consumer can also *skip* messages: faust-streaming 0.15.3 dropped buffered events of a partition that
    stayed with the same worker across a rebalance and went on after them (seen in
@@ -38,7 +33,8 @@ What it does. The events topic is the source of truth, so the statistics are reb
    applied 17, and 18 was never delivered again). So whenever a partition's first delivered offset is beyond
    the next one this worker expects (or, at first sight, for the messages just before it), the rebuild looks
    at the last `MISSED_WINDOW` messages before it: those after the last one the table holds were never
-   applied by anyone, and the worker applies them now, in order, before the delivered one.
+   applied by anyone, and the worker applies them now, in order, before the delivered one. Messages skipped
+   *and* committed are found by `acknowledged_unseen` (called by stream/repairs.py).
 
 Login joins across partitions travel on the internal joins topic (stream/joins.py). They change visitor state,
 never statistics, so the rebuild below the committed offset does not read them: the shadow's copy of a user who
@@ -47,7 +43,7 @@ events pairs them with the user's own history only (statistics differ slightly f
 In the recovery region it matters more: the shadow republishes lists, and a list for a redelivered login that
 lacked the session could show an item the session bought. So for every held login of the region whose join the
 table holds, the rebuild reads that join's state from the joins topic (same partition number; validated like
-any join record) and the shadow merges it right after the login (`ShadowRecommender`).
+any join record) and the shadow merges it right after the login (`ShadowRecommender`, stream/region.py).
 
 Cost and limits: a rebuild reads the partition's retained events once (~tens of µs per event); events that
 retention deleted are not counted again; the catalogue used is today's, not the one of the time. With several
@@ -58,30 +54,26 @@ partition). See docs/operations.md.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
-from stream_reco import schemas
 from stream_reco.core.events import Event
 from stream_reco.core.recommender import Recommender, VisitorStore
-from stream_reco.core.state import VisitorState
 from stream_reco.core.stats import CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
-from stream_reco.stream import admission, joins, topics
-from stream_reco.stream.joins import partition_of
+from stream_reco.stream import admission, log_reader, region
+from stream_reco.stream.log_reader import FETCH_MAX_RECORDS, FETCH_TIMEOUT_MS
+from stream_reco.stream.region import BytesVisitorStore, ShadowRecommender
+
+__all__ = ["MISSED_WINDOW", "REGION_SCAN_SLACK", "BytesVisitorStore", "ShadowRecommender", "StatsRecovery"]
 
 log = logging.getLogger(__name__)
 
-#: how long one fetch of the rebuild waits for data before it checks whether the target offset is reached
-FETCH_TIMEOUT_MS = 500
-#: records per fetch of the rebuild (bounds the time between two yields to the event loop)
-FETCH_MAX_RECORDS = 2_000
 #: the scan for the recovery region stops after this many events in a row that the table does not hold.
 #: Inside the region only events whose state moved to another key (a session joined at login) look absent,
 #: never thousands in a row; past it, nothing is held, and a worker down for long must not read hours of log.
@@ -89,46 +81,6 @@ REGION_SCAN_SLACK = 2_000
 #: how far before the first delivered offset the rebuild looks for messages the consumer skipped: more than
 #: faust ever holds in its buffers (a batch plus the stream buffer), which is what a rebalance can drop
 MISSED_WINDOW = 10_000
-
-
-class BytesVisitorStore:
-    """Visitor states kept serialised, like the worker's table: a shadow of a big partition costs what the
-    table costs (~1.7 kB per visitor on the simulated shop) instead of ~4x that as live objects."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, bytes] = {}
-
-    def get(self, key: str) -> VisitorState | None:
-        raw = self.states.get(key)
-        return VisitorState.from_bytes(raw) if raw is not None else None
-
-    def put(self, key: str, state: VisitorState) -> None:
-        self.states[key] = state.to_bytes()
-
-    def delete(self, key: str) -> None:
-        self.states.pop(key, None)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.states
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-
-class ShadowRecommender(Recommender):
-    """A recovery shadow that merges, right after a redelivered login, the session a join across partitions
-    brought the user before the crash (`pending_joins`, by login event id), as the table holds it."""
-
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(settings, **kwargs)
-        self.pending_joins: dict[str, joins.Control] = {}
-
-    def observe(self, event: Event, *args: Any, **kwargs: Any) -> bool:
-        observed = super().observe(event, *args, **kwargs)
-        control = self.pending_joins.pop(event.event_id, None)
-        if control is not None:
-            joins.apply(control, self.store, self.settings)
-        return observed
 
 
 class StatsRecovery:
@@ -152,8 +104,6 @@ class StatsRecovery:
         self.missed = 0
         #: events the rebuild skipped because the core raised on them (the live worker dead-lettered them)
         self.failed = 0
-        self._ends_client: AIOKafkaConsumer | None = None
-        self._ends_lock = asyncio.Lock()
 
     async def before(self, partition: int, offset: int, delivered: bool = True) -> list[ConsumerRecord]:
         """Call before the message at (`partition`, `offset`) is handled (valid or not).
@@ -240,7 +190,7 @@ class StatsRecovery:
                 return
             n += 1
 
-        consumer, tp = self._partition_reader(partition)
+        consumer, tp = log_reader.partition_reader(self.settings, partition)
         await consumer.start()
         try:
             consumer.assign([tp])
@@ -254,7 +204,7 @@ class StatsRecovery:
                     record = self._decode(msg)
                     if msg.offset >= upto:  # past the committed offset: does the table already hold it?
                         tail.append((msg.offset, record))
-                        if record is not None and self._held(record):
+                        if record is not None and region.held(self.store, record):
                             scanned_absent = 0
                         else:
                             scanned_absent += 1
@@ -276,7 +226,8 @@ class StatsRecovery:
         # from here on (the window, then the recovery region) the shadow learns into the live statistics,
         # also when no message lay in [counted_below, upto) to switch it above (upto == 0 after an early kill)
         _share_statistics(shadow, live)
-        in_window = self._applied([(msg.offset, record) for msg, record in window], shadow.store, partition)
+        in_window = region.applied([(msg.offset, record) for msg, record in window], self.store, shadow.store,
+                                   partition, self.settings.partitions)
         held = [msg for msg, _ in window if msg.offset in in_window]
         replay: list[ConsumerRecord] = []
         if held and held[0].offset < prev_region_end:
@@ -291,16 +242,18 @@ class StatsRecovery:
                 if msg.offset in in_window:
                     learn(msg, record)
         missed = [msg for msg, _ in window if msg.offset not in in_window]
-        in_region = self._applied(tail, shadow.store, partition)
+        in_region = region.applied(tail, self.store, shadow.store, partition, self.settings.partitions)
         if in_region:
             region_end = max(region_end, max(in_region) + 1)
         if region_end > upto or replay:
             self.shadows[partition] = shadow
             self.region_end[partition] = region_end
             self.held[partition] = in_region | {msg.offset for msg in replay}
-            logins = {e.event_id for offset, e in tail if offset in in_region and e is not None and self._joined(e)}
+            logins = {e.event_id for offset, e in tail
+                      if offset in in_region and e is not None and region.joined(self.store, e)}
             if logins:
-                shadow.pending_joins = await self._join_states(partition, logins)
+                shadow.pending_joins = await log_reader.join_states(self.settings, partition, logins,
+                                                                    self.recommender.catalog.dim)
         elapsed = time.monotonic() - began
         self.rebuilt_events += n
         self.rebuild_s += elapsed
@@ -339,8 +292,8 @@ class StatsRecovery:
                 continue
             if offset <= expected:
                 continue
-            found = [msg for msg in await self._read(partition, expected, offset)
-                     if not ((record := self._decode(msg)) is not None and self._held(record))]
+            found = [msg for msg in await log_reader.read(self.settings, partition, expected, offset)
+                     if not ((record := self._decode(msg)) is not None and region.held(self.store, record))]
             self.next_offset[partition] = offset
             if found:
                 log.warning("partition %d: %d messages (offsets %d-%d) were committed but never applied: the "
@@ -350,148 +303,9 @@ class StatsRecovery:
                 missed.extend(found)
         return missed
 
-    async def _read(self, partition: int, start: int, end: int) -> list[ConsumerRecord]:
-        """The messages of `partition` at offsets [start, end)."""
-        consumer, tp = self._partition_reader(partition)
-        out: list[ConsumerRecord] = []
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            end = min(end, (await consumer.end_offsets([tp]))[tp])
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
-                out.extend(msg for msg in batch.get(tp, ()) if msg.offset < end)
-        finally:
-            await consumer.stop()
-        return out
-
-    async def log_ends(self, partitions: list[int]) -> dict[int, int]:
-        """The log end offset of each events partition, asked with this module's own client: faust's consumer
-        may be the thing that is wedged (`DeliveryWatch`), so its thread is not asked."""
-        async with self._ends_lock:  # the delivery check and the joins agent ask concurrently: one client
-            if self._ends_client is None:
-                client, _ = self._partition_reader(0)
-                await client.start()
-                self._ends_client = client
-        topic = self.settings.events_topic
-        ends = await self._ends_client.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return {tp.partition: off for tp, off in ends.items()}
-
-    async def close(self) -> None:
-        if self._ends_client is not None:
-            await self._ends_client.stop()
-            self._ends_client = None
-
-    def _partition_reader(self, partition: int) -> tuple[AIOKafkaConsumer, TopicPartition]:
-        """A group-less consumer (not started) for one events partition, fetching messages up to the size limit."""
-        fetch_bytes = max(self.settings.max_message_bytes * 2, 1_048_576)
-        consumer = AIOKafkaConsumer(
-            **self.settings.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=fetch_bytes,
-        )
-        return consumer, TopicPartition(self.settings.events_topic, partition)
-
     def _decode(self, msg: ConsumerRecord) -> Event | None:
-        """The event, or None for a message the worker rejects (dead-lettered when it was handled): the schema
-        and the same edge checks as the worker (key, clock: stream/admission.py), judged by the record's own
-        timestamp so that a rebuild decides as the worker did when the event was new."""
-        try:
-            return admission.admit(msg.value, msg.key, admission.reference_ms(msg.timestamp), self.settings)
-        except schemas.InvalidMessage:
-            return None
-
-    def _held(self, event: Event) -> bool:
-        """Whether the table's state of the event's visitor holds its id (evidence that it was applied)."""
-        state = self.store.get(event.visitor_key)
-        return state is not None and state.has_seen_event(event.event_id)
-
-    def _joined(self, event: Event) -> bool:
-        """A login whose session was on another partition, and whose join the table holds."""
-        if not (event.user_id and event.session_id and event.session_id != event.user_id):
-            return False
-        state = self.store.get(event.user_id)
-        return state is not None and state.has_seen_event(joins.JOIN_ID_PREFIX + event.event_id)
-
-    async def _join_states(self, partition: int, logins: set[str]) -> dict[str, joins.Control]:
-        """The join states of these login event ids on joins partition `partition`, validated as the worker
-        validates them (an invalid one is skipped: the worker dead-lettered it)."""
-        consumer, _ = self._partition_reader(partition)
-        tp = TopicPartition(topics.joins_topic(self.settings), partition)
-        found: dict[str, joins.Control] = {}
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
-                for msg in batch.get(tp, ()):
-                    try:
-                        control = joins.parse_record(msg.key, msg.value, self.settings.max_message_bytes,
-                                                     dim=self.recommender.catalog.dim)
-                    except schemas.InvalidMessage:
-                        continue
-                    if control.kind == joins.JOIN_STATE and control.login_event_id in logins:
-                        found[control.login_event_id] = control
-        except Exception as exc:  # the joins are only needed for the lists of this region: go on without
-            log.warning("partition %d: joins topic unreadable (%r); the region's lists lack joined sessions",
-                        partition, exc)
-        finally:
-            await consumer.stop()
-        return found
-
-    def _applied(self, entries: list[tuple[int, Event | None]], earlier: VisitorStore, partition: int) -> set[int]:
-        """The offsets of `entries` (messages of `partition` in log order) whose effect the table already holds.
-
-        Decided per visitor (module docstring, step 2): a visitor's events up to the last one whose *first*
-        occurrence the table's state holds. `earlier` holds the visitors as of the first entry (the shadow), to
-        tell a first occurrence from a producer's duplicate. An event whose visitor has no state at all (an
-        anonymous session whose state a login on another partition took away, or one never applied) and a
-        message the worker rejects are decided by position instead: handled when any held event follows them
-        (one consumer applies a partition in order)."""
-        logins: dict[str, list[tuple[int, str]]] = {}  # session -> (offset, user) of its logins on this partition
-        for offset, event in entries:
-            if (event is not None and event.user_id and event.session_id and event.session_id != event.user_id
-                    and partition_of(event.session_id, self.settings.partitions) == partition):
-                logins.setdefault(event.session_id, []).append((offset, event.user_id))
-
-        def visitor(offset: int, event: Event) -> str:
-            """Whose state holds the event: an anonymous session joined at a later login (its own state gone) is
-            the user's."""
-            if event.user_id is None and event.session_id in logins and self.store.get(event.session_id) is None:
-                later = [user for at, user in logins[event.session_id] if at > offset]
-                if later:
-                    return later[0]
-            return event.visitor_key
-
-        seen: dict[str, set[str]] = {}
-        last_held: dict[str, int] = {}
-        last_any = -1
-        for offset, event in entries:
-            if event is None:
-                continue
-            ids = seen.setdefault(event.visitor_key, set())
-            repeated = event.event_id in ids
-            ids.add(event.event_id)
-            key = visitor(offset, event)
-            state = self.store.get(key)
-            if repeated or state is None or not state.has_seen_event(event.event_id):
-                continue
-            before = earlier.get(event.visitor_key)  # only now: decoding a shadow's state costs ~50 µs
-            if before is not None and before.has_seen_event(event.event_id):
-                continue  # a duplicate of an event from before these entries: no evidence
-            last_held[key] = offset
-            last_any = offset
-        def held(offset: int, event: Event | None) -> bool:
-            if event is None:
-                return offset < last_any
-            key = visitor(offset, event)
-            if self.store.get(key) is None:
-                return offset < last_any
-            return offset <= last_held.get(key, -1)
-
-        return {offset for offset, event in entries if held(offset, event)}
+        """The event, or None for a message the worker rejects (`region.decode`)."""
+        return region.decode(msg, self.settings)
 
     def snapshot(self) -> dict[str, Any]:
         return {"stats_rebuilt_events": self.rebuilt_events, "stats_rebuild_s": round(self.rebuild_s, 2),
@@ -502,69 +316,3 @@ def _share_statistics(shadow: Recommender, live: Recommender) -> None:
     """From here on the shadow learns into the live shop-wide statistics (every one `observe` updates)."""
     shadow.covis, shadow.popularity, shadow.sessions = live.covis, live.popularity, live.sessions
 
-
-class StallWatch:
-    """Decides when faust's table recovery is stuck, so that the worker restarts itself.
-
-    faust-streaming 0.15.3 can wait forever for changelog records it never fetches ("No event received for
-    active tp ... since recovery start", faust-streaming/faust#155; seen in test_reliability_scale.py after a
-    third worker joined: the worker that kept two of its partitions never finished recovering them and never
-    processed another event). A fresh process recovers the same changelogs fine (the kill -9 tests), and a
-    restart is safe: offsets were committed only for applied events, and the changelogs hold the state. So a
-    worker whose recovery has made no progress (same records remaining) for `stall_s` restarts."""
-
-    def __init__(self, stall_s: float) -> None:
-        self.stall_s = stall_s
-        self._remaining: int | None = None
-        self._since = 0.0
-
-    def stalled(self, now: float, in_recovery: bool, remaining: int) -> bool:
-        """Whether recovery has been stuck at `remaining` records for `stall_s` seconds by `now`."""
-        if not in_recovery or remaining <= 0 or self.stall_s <= 0:
-            self._remaining = None
-            return False
-        if remaining != self._remaining:
-            self._remaining, self._since = remaining, now
-            return False
-        return now - self._since >= self.stall_s
-
-
-class DeliveryWatch:
-    """Finds partitions whose events stop reaching the worker although the log holds more of them.
-
-    faust-streaming 0.15.3 wedges in two more ways seen in the reliability tests: right after a rebalance the
-    consumer hands a partition's next messages to the stream (its read offset moves on) but they never reach
-    the agent and are never acknowledged, so nothing fetches them again until the next rebalance
-    (test_reliability_scale.py); and a freshly started worker, assigned a partition with 1,200 events waiting,
-    receives none of them for minutes (test_reliability_crash.py, about one run in five). A partition is
-    *pending* when its log ends beyond the worker's position (the next offset it expects); pending without
-    progress for `grace_s` is a stall. The first time, the worker seeks the consumer back to its position
-    (an event that was only slow then arrives twice; the second is a duplicate that changes nothing); if that
-    does not help within another `grace_s`, the partition is *stuck* and the worker restarts itself."""
-
-    def __init__(self, grace_s: float) -> None:
-        self.grace_s = grace_s
-        #: per partition: the position last seen, since when, and whether it was rewound at that position
-        self._since: dict[int, tuple[int, float, bool]] = {}
-
-    def reset(self) -> None:
-        """Forget every clock: the worker was busy, so time without progress so far proves nothing."""
-        self._since.clear()
-
-    def check(self, now: float, position: Mapping[int, int], end: Mapping[int, int]) -> tuple[list[int], list[int]]:
-        """(partitions to rewind to `position[p]`, partitions still stalled after a rewind)."""
-        rewind: list[int] = []
-        stuck: list[int] = []
-        for partition in sorted(set(self._since) | set(position)):
-            at = position.get(partition)
-            log_end = end.get(partition)
-            if self.grace_s <= 0 or at is None or log_end is None or log_end <= at:
-                self._since.pop(partition, None)
-                continue
-            seen = self._since.get(partition)
-            if seen is None or seen[0] != at:
-                self._since[partition] = (at, now, False)
-            elif now - seen[1] >= self.grace_s:
-                (stuck if seen[2] else rewind).append(partition)
-                self._since[partition] = (at, now, True)
-        return rewind, stuck

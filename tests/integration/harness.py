@@ -144,7 +144,7 @@ def final_list_mismatches(expected: dict[str, Any], got: dict[str, dict[str, Any
     return out
 
 
-DIAGNOSTIC_MARKS = ("ERROR", "Traceback", "Crashed", "partition", "stats {", "rebalanc", "Rebalanc", "assigned")
+DIAGNOSTIC_MARKS = ("ERROR", "WARNING", "Traceback", "Crashed", "partition", "rebalanc", "Rebalanc", "assigned")
 DIAGNOSTIC_LINES = 40
 
 
@@ -153,5 +153,6 @@ def diagnostics(workers: Iterable[WorkerProcess], last: int = DIAGNOSTIC_LINES) 
     parts = []
     for w in workers:
         lines = [line[:400] for line in w.lines if any(mark in line for mark in DIAGNOSTIC_MARKS)]
-        parts.append(f"--- {w.name} (exit {w.proc.poll()}) ---\n" + "\n".join(lines[-last:]))
+        counters = [line[:600] for line in w.lines if "stats {" in line][-1:]  # periodic: only the latest
+        parts.append(f"--- {w.name} (exit {w.proc.poll()}) ---\n" + "\n".join(lines[-last:] + counters))
     return "\n".join(parts)

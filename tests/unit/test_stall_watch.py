@@ -1,6 +1,6 @@
 """The worker's watchdogs: restart on a stuck recovery, rewind a partition whose events never arrive."""
 
-from stream_reco.stream.recovery import DeliveryWatch, StallWatch
+from stream_reco.stream.repairs import DeliveryWatch, StallWatch
 
 
 def test_stalled_only_after_stall_s_at_the_same_remaining_count() -> None:

@@ -23,8 +23,10 @@ from stream_reco.core.state import VisitorState
 from stream_reco.exit_codes import EXIT_RESTART
 from stream_reco.settings import Settings
 from stream_reco.stream import app as app_module
-from stream_reco.stream import joins
-from stream_reco.stream.app import RecoWorker, TableStore
+from stream_reco.stream import joins, repairs, sweep
+from stream_reco.stream import store as store_module
+from stream_reco.stream.app import RecoWorker
+from stream_reco.stream.store import TableStore
 
 TOPIC = "shop.events"
 
@@ -136,15 +138,15 @@ def test_a_state_larger_than_a_message_is_never_written(tmp_path: Path) -> None:
 
 def test_the_state_limit_is_the_changelog_limit_not_the_incoming_message_limit(tmp_path: Path) -> None:
     worker, _, _ = make_worker(tmp_path, max_message_bytes=5_000_000)
-    assert worker.store.max_state_bytes == app_module.CHANGELOG_MAX_BYTES < 1_048_588
+    assert worker.store.max_state_bytes == store_module.CHANGELOG_MAX_BYTES < 1_048_588
     # a shop that accepts only small events still keeps heavy buyers' states (Bloom filter: ~7 KB)
     worker, _, _ = make_worker(tmp_path, max_message_bytes=5_000)
-    assert worker.store.max_state_bytes == app_module.CHANGELOG_MAX_BYTES
+    assert worker.store.max_state_bytes == store_module.CHANGELOG_MAX_BYTES
     assert worker.settings.max_state_bytes <= worker.store.max_state_bytes
 
 
 def test_latest_lists_are_bounded_least_recently_used_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "LATEST_LISTS_CAP", 3)
+    monkeypatch.setattr(store_module, "LATEST_LISTS_CAP", 3)
     worker, _, _ = make_worker(tmp_path)
     batch = [delivered(i, f"u-{i}", f"e-{i}") for i in range(3)]
     asyncio.run(worker.handle_batch(batch))
@@ -167,7 +169,7 @@ def put_state(worker: RecoWorker, key: str, last_seen: int) -> None:
 
 def test_the_ttl_sweep_deletes_expired_visitors_a_bounded_number_per_tick(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "SWEEP_KEYS_PER_TICK", 4)
+    monkeypatch.setattr(sweep, "SWEEP_KEYS_PER_TICK", 4)
     worker, _, _ = make_worker(tmp_path, visitor_ttl_days=10)
     sent: list[tuple[int, bytes, bytes | None]] = []
     worker.visitors.send_changelog = lambda p, k, v: sent.append((p, k, v))  # type: ignore[method-assign]
@@ -175,13 +177,13 @@ def test_the_ttl_sweep_deletes_expired_visitors_a_bounded_number_per_tick(
     for i in range(6):
         put_state(worker, f"old-{i}", now - 11 * DAY_MS)
         put_state(worker, f"new-{i}", now - 9 * DAY_MS)
-    worker.applying = True
-    worker.active_partitions = {0, 1, 2}
-    worker.stream_time_ms = now
-    asyncio.run(worker._sweep_visitors())
+    worker.applying.set()
+    worker.active_partitions.update({0, 1, 2})
+    worker.ingest.stream_time_ms = now
+    asyncio.run(worker.sweep.sweep_visitors())
     assert len(sent) <= 4, "one tick examines at most SWEEP_KEYS_PER_TICK visitors"
     for _ in range(4):
-        asyncio.run(worker._sweep_visitors())
+        asyncio.run(worker.sweep.sweep_visitors())
     assert sorted(k.decode() for k in worker.visitors.data) == [f"new-{i}" for i in range(6)]
     assert sorted(k.decode() for _, k, v in sent if v is None) == [f"old-{i}" for i in range(6)], "tombstones"
     for partition, key, _ in sent:
@@ -197,24 +199,28 @@ def test_the_ttl_sweep_leaves_other_workers_partitions_and_can_be_turned_off(tmp
     keys = [f"old-{i}" for i in range(20)]
     for key in keys:
         put_state(worker, key, now - 11 * DAY_MS)
-    worker.applying, worker.active_partitions, worker.stream_time_ms = True, {0}, now
+    worker.applying.set()
+    worker.active_partitions.add(0)
+    worker.ingest.stream_time_ms = now
     for _ in range(3):
-        asyncio.run(worker._sweep_visitors())
+        asyncio.run(worker.sweep.sweep_visitors())
     gone = {k.decode() for _, k, _ in sent}
     mine = {k for k in keys if worker.store._partition_for(k, k.encode()) == 0}
     assert gone == mine and 0 < len(mine) < len(keys)
 
     off, _, _ = make_worker(tmp_path, visitor_ttl_days=0)
     put_state(off, "old", now - 1000 * DAY_MS)
-    off.applying, off.active_partitions, off.stream_time_ms = True, {0, 1, 2}, now
-    asyncio.run(off._sweep_visitors())
+    off.applying.set()
+    off.active_partitions.update({0, 1, 2})
+    off.ingest.stream_time_ms = now
+    asyncio.run(off.sweep.sweep_visitors())
     assert b"old" in off.visitors.data
 
 
 def test_stream_time_follows_applied_events(tmp_path: Path) -> None:
     worker, _, _ = make_worker(tmp_path)
     asyncio.run(worker.handle_batch([delivered(5, "u-a", "a-1"), delivered(2, "u-b", "b-1")]))
-    assert worker.stream_time_ms == 1_764_150_000_005
+    assert worker.ingest.stream_time_ms == 1_764_150_000_005
 
 
 def test_restart_exits_for_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,10 +233,10 @@ def test_restart_exits_for_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> No
         codes.append(code)
         raise Exited
 
-    monkeypatch.setattr(app_module.os, "_exit", fake_exit)
-    monkeypatch.setattr(app_module.os, "execv", lambda *a: pytest.fail("no in-place re-execution"))
+    monkeypatch.setattr(repairs.os, "_exit", fake_exit)
+    monkeypatch.setattr(repairs.os, "execv", lambda *a: pytest.fail("no in-place re-execution"))
     with pytest.raises(Exited):
-        RecoWorker._restart("stuck")
+        repairs.restart("stuck")
     assert codes == [EXIT_RESTART] and EXIT_RESTART not in (0, 1, 2, 3, 4)
 
 
@@ -255,14 +261,14 @@ def test_join_records_wait_once_per_batch_and_a_failing_one_is_dead_lettered(tmp
             raise RuntimeError("join exploded")
         applied.append(record.login_event_id)
 
-    worker._log_end = log_end  # type: ignore[method-assign]
-    worker._join_ready = lambda *_: True  # type: ignore[method-assign]
-    worker._control = control  # type: ignore[method-assign]
+    worker.join_forwarder.log_end = log_end  # type: ignore[method-assign]
+    worker.join_agent._join_ready = lambda *_: True  # type: ignore[method-assign]
+    worker.join_agent._control = control  # type: ignore[method-assign]
     forged = FakeEvent(Message("stream-reco-joins", 1, 3, time.time(), 0, None, b"s-x",
                                b'{"stream_reco": "join_state", "bogus": 1}', None))
     batch = [join_request_record(0, "s-a", "u-a", "login-a"), join_request_record(1, "s-b", "u-b", "login-boom"),
              join_request_record(2, "s-c", "u-c", "login-c"), forged]
-    asyncio.run(worker._handle_joins(batch))
+    asyncio.run(worker.join_agent.handle(batch))
     assert log_ends == [1], "one log-end read for the batch's partition, not one wait per record"
     assert applied == ["login-a", "login-c"], "the records after a failing one are still applied, in order"
     reasons = [orjson.loads(v)["error"] for _, v in dead.records]  # type: ignore[arg-type]
@@ -292,9 +298,9 @@ def test_a_failing_join_wait_still_applies_the_join_records(tmp_path: Path) -> N
     async def control(msg: Any, record: joins.Control) -> None:
         applied.append(record.login_event_id)
 
-    worker._log_end = log_end  # type: ignore[method-assign]
-    worker._control = control  # type: ignore[method-assign]
-    asyncio.run(worker._handle_joins([join_request_record(0, "s-a", "u-a", "login-a")]))
+    worker.join_forwarder.log_end = log_end  # type: ignore[method-assign]
+    worker.join_agent._control = control  # type: ignore[method-assign]
+    asyncio.run(worker.join_agent.handle([join_request_record(0, "s-a", "u-a", "login-a")]))
     assert applied == ["login-a"] and worker.stats.counts["join_wait_failed"] == 1
 
 

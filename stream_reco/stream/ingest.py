@@ -1,0 +1,218 @@
+"""The event path: a batch of the events topic in, visitor states and statistics updated, lists out.
+
+    shop.events --(take_events: batch within coalesce_ms)--> decode+validate --bad--> reco.dead-letter
+                                                              |
+                                              Recommender.observe(event)   (visitor state -> table + changelog)
+                                                              |
+                        one Recommender.recommendation() per visitor in the batch --> reco.recommendations
+
+Read top to bottom: `handle_batch` takes a batch; `_apply_batch` first applies, per message, what the consumer
+skipped before it (`_recovered_before`, stream/recovery.py), then the message itself (`_handle_safely`,
+`_handle_message`: admit, observe, forward a login's join, note the list to publish with `_trigger`); then
+`_publish_all` publishes one list per visitor touched (`publish`). What goes wrong is confined to its message
+(`failed`, `dead_letter`).
+
+Design choices, and why:
+- Events are consumed as raw bytes and validated here, so a malformed message becomes a dead-letter record
+  instead of a crashed agent (faust's own deserialisation would raise inside the stream).
+- `take_events` batches what arrived within `coalesce_ms`: a burst from one visitor yields one list that
+  reflects all of it, and offsets are acknowledged only after the batch's lists were handed to the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from stream_reco import schemas
+from stream_reco.core.events import Event, Recommendation
+from stream_reco.core.recommender import Recommender
+from stream_reco.settings import Settings
+from stream_reco.stream import admission, faust_internals
+from stream_reco.stream.recovery import StatsRecovery
+from stream_reco.stream.store import LatestLists, TableStore, WorkerStats
+
+if TYPE_CHECKING:  # the join agent publishes through this module: imported here for the annotation only
+    from stream_reco.stream.join_agent import JoinForwarder
+
+log = logging.getLogger(__name__)
+
+
+def raw_bytes(value: Any) -> bytes | bytearray | None:
+    """A consumed value as bytes (faust may hand a memoryview), None kept for a tombstone."""
+    return value if value is None or isinstance(value, bytes | bytearray) else bytes(value)
+
+
+def list_time(recommender: Recommender, trigger: Event) -> int:
+    """The time a list triggered by `trigger` is computed at: the trigger's own time, but never past the shop
+    clock, since the core applied the trigger no later than that (a clamped event, core/recommender.py)."""
+    clock = recommender.clock
+    return int(trigger.timestamp if clock is None else min(trigger.timestamp, clock))
+
+
+class Ingest:
+    """Applies batches of the events topic to the core and publishes the lists (module docstring)."""
+
+    def __init__(self, settings: Settings, recommender: Recommender, store: TableStore, recovery: StatsRecovery,
+                 forwarder: JoinForwarder, stats: WorkerStats, latest_lists: LatestLists,
+                 recommendations_topic: Any, dead_letter_topic: Any, apply_lock: asyncio.Lock) -> None:
+        """`apply_lock`: one step at a time applies events (a batch, a repair of skipped ones, a join record)."""
+        self.settings = settings
+        self.recommender = recommender
+        self.store = store
+        self.recovery = recovery
+        self.forwarder = forwarder
+        self.stats = stats
+        self.latest_lists = latest_lists
+        self.recommendations_topic = recommendations_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.apply_lock = apply_lock
+        #: the latest event time applied (never beyond the wall clock plus `max_clock_skew_s`): the visitor TTL's
+        #: clock (stream/sweep.py)
+        self.stream_time_ms = 0
+
+    async def handle_batch(self, batch: Sequence[Any]) -> None:
+        """Apply every event of the batch in order, then publish one list per visitor touched."""
+        async with self.apply_lock:
+            await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: Sequence[Any]) -> None:
+        triggers: dict[str, Event] = {}
+        replayed: dict[str, tuple[Event, Recommendation]] = {}  # lists of redelivered events (recovery.py)
+        for fevent in batch:
+            msg = fevent.message
+            # messages the consumer skipped (faust can, around a rebalance) come first, each as its own batch,
+            # as if it had been delivered (stream/recovery.py)
+            for missed in await self._recovered_before(msg):
+                await self.apply_alone(missed)
+            # None for a tombstone: decode_event says so, instead of "not valid JSON"
+            await self._handle_safely(msg, raw_bytes(fevent.value), triggers, replayed)
+        await self._publish_all(triggers, replayed)
+
+    async def apply_alone(self, msg: Any) -> None:
+        """One message outside the stream (skipped by the consumer), handled and published on its own."""
+        triggers: dict[str, Event] = {}
+        replayed: dict[str, tuple[Event, Recommendation]] = {}
+        await self._handle_safely(msg, msg.value, triggers, replayed)
+        await self._publish_all(triggers, replayed)
+
+    async def _recovered_before(self, msg: Any) -> list[Any]:
+        """`StatsRecovery.before`, with its failure confined: a rebuild that cannot finish (a broker read error)
+        is logged and counted, and the message is handled as usual; escaping, it would make faust acknowledge the
+        whole batch unapplied (see `_handle_safely`)."""
+        try:
+            return await self.recovery.before(msg.partition, msg.offset)
+        except Exception:
+            self.stats.counts["recovery_failed"] += 1
+            log.exception("statistics recovery before %s[%d]@%d failed; handling the message without it",
+                          msg.topic, msg.partition, msg.offset)
+            return []
+
+    async def _handle_safely(self, msg: Any, raw: bytes | bytearray | None, triggers: dict[str, Event],
+                             replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """`_handle_message`, with a failure confined to its message: dead-lettered with the exception as the
+        reason, and the batch goes on. An exception escaping the batch would be worse: faust's `take_events`
+        acknowledges the whole batch in `finally`, so the failing event and every other list of the batch would
+        be lost without a trace."""
+        try:
+            await self._handle_message(msg, raw, triggers, replayed)
+        except Exception as exc:
+            await self.failed(msg, raw, exc)
+
+    async def _handle_message(self, msg: Any, raw: bytes | bytearray | None, triggers: dict[str, Event],
+                              replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """One message of the events topic: an event, or a bad message (dead-lettered with the reason).
+
+        Beyond the schema, an event must be keyed by its visitor and not come from the future
+        (stream/admission.py). Login-join records live on an internal topic: here they are bad messages."""
+        settings = self.settings
+        reference = admission.reference_ms(faust_internals.record_time_ms(msg))
+        try:
+            event = admission.admit(raw, msg.key, reference, settings)
+        except schemas.InvalidMessage as exc:
+            await self.dead_letter(msg, raw, exc)  # type: ignore[arg-type]
+            return
+        # the core applies the event at most at this ceiling (admission already refused anything beyond it)
+        ceiling = admission.ceiling_ms(reference, settings.max_clock_skew_s)
+        self.store.current_key = event.visitor_key
+        self.store.partition = msg.partition
+        # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
+        shadow = self.recovery.shadow_for(msg.partition, msg.offset)
+        recommender = shadow or self.recommender
+        forward = self.forwarder.needs_join_request(event, msg.partition, recommender)
+        self.store.only_partition = msg.partition
+        try:
+            observed = recommender.observe(event, now_ms=ceiling)
+        finally:
+            self.store.only_partition = None
+        if not observed:
+            self.stats.counts["duplicates"] += 1
+            return
+        if recommender.last_applied_ms is not None:  # the time it was applied at: the visitor TTL's clock
+            self.stream_time_ms = max(self.stream_time_ms, recommender.last_applied_ms)
+        if forward:
+            await self.forwarder.join_across(event, msg.partition, local=shadow is None)
+        self.stats.counts["events"] += 1
+        self._trigger(event.visitor_key, event, shadow, triggers, replayed)
+
+    @staticmethod
+    def _trigger(key: str, trigger: Event, shadow: Recommender | None, triggers: dict[str, Event],
+                 replayed: dict[str, tuple[Event, Recommendation]]) -> None:
+        """Note the visitor's list to publish after the batch; a shadow's is computed now, at this log position."""
+        if shadow is None:
+            triggers[key] = trigger
+            replayed.pop(key, None)
+        else:
+            replayed[key] = (trigger, shadow.recommendation(key, now_ms=list_time(shadow, trigger), trigger=trigger))
+            triggers.pop(key, None)
+
+    async def _publish_all(self, triggers: dict[str, Event], replayed: dict[str, tuple[Event, Recommendation]]
+                           ) -> None:
+        """Publish the batch's lists; one that fails is logged and counted (its event was applied: nothing to
+        dead-letter), and the others are still published."""
+        lists: list[tuple[str, Event, Recommendation | None]] = [
+            *((key, event, rec) for key, (event, rec) in replayed.items()),
+            *((key, event, None) for key, event in triggers.items())]
+        for key, event, rec in lists:
+            try:
+                await self.publish(key, event, rec)
+            except Exception:
+                self.stats.counts["failed_lists"] += 1
+                log.exception("the list of visitor %r (trigger %s) failed; not published", key, event.event_id)
+
+    async def publish(self, key: str, trigger: Event, rec: Recommendation | None = None) -> None:
+        """Publish the visitor's list (`rec`, or the live core's now), and keep it for the HTTP view."""
+        if rec is None:
+            rec = self.recommender.recommendation(key, now_ms=list_time(self.recommender, trigger), trigger=trigger)
+        doc = rec.to_dict()
+        now_ms = time.time() * 1000.0
+        doc["generated_at"] = int(now_ms)
+        doc["latency_ms"] = round(max(now_ms - trigger.timestamp, 0.0), 3)
+        value = orjson.dumps(doc)
+        self.latest_lists[key] = value
+        await self.recommendations_topic.send(key=key.encode(), value=value)
+        self.stats.counts["lists"] += 1
+
+    async def failed(self, msg: Any, raw: bytes | bytearray | None, exc: Exception) -> None:
+        """A message whose handling raised: logged, counted and dead-lettered with the exception as the reason."""
+        # the core may have changed a cached state object before it raised: read states afresh from the table
+        self.store.decoded.clear()
+        self.stats.counts["failed_events"] += 1
+        log.exception("applying %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+        await self.dead_letter(msg, None if raw is None else bytes(raw),
+                               f"the worker failed to apply this message: {exc!r}")
+
+    async def dead_letter(self, msg: Any, raw: bytes | None, exc: schemas.InvalidMessage | str) -> None:
+        """A bad message to the dead-letter topic, with where it came from and why (any consumed topic)."""
+        record = schemas.dead_letter_record(
+            raw, exc, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            received_at=int(time.time() * 1000),
+        )
+        await self.dead_letter_topic.send(key=msg.key, value=orjson.dumps(record))
+        self.stats.counts["dead_letter"] += 1
+        log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, record["error"])
