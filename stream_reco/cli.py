@@ -22,7 +22,7 @@ import click
 
 from stream_reco.exit_codes import EXIT_USAGE
 from stream_reco.extras import MissingExtra, missing_module
-from stream_reco.settings import Settings, SettingsError
+from stream_reco.settings import Settings, SettingsError, render_effective, render_markdown, render_toml_example
 
 # name -> (module:attribute, one-line help shown even when the module cannot be imported)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -130,32 +130,22 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int) -> None:
 
 
 @cli.command("config")
-@click.option("--doc", is_flag=True, help="Show each setting's environment variable and meaning.")
+@click.option("--doc", is_flag=True, help="Show each setting's environment variable, default and meaning.")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "toml"]), default="text",
-              help="markdown: the README's table of defaults; toml: a commented example config file.")
+              help="markdown: the README's tables of defaults; toml: the commented example config file.")
 @click.pass_obj
 def config_cmd(state: CliState, doc: bool, fmt: str) -> None:
-    """Print the effective settings (secrets masked), or document the defaults."""
+    """Print the effective settings by section (secrets masked), or document the defaults.
+
+    The text output is itself TOML, section by section, so it can start a config file; the internal fields
+    follow, commented out, for diagnosis only (they are not settings).
+    """
     if fmt == "markdown":
-        click.echo("| setting | env variable | default | meaning |\n|---|---|---|---|")
-        for name, env, default, text in Settings.field_docs():
-            shown = "(user cache dir)/stream-reco" if name == "data_dir" else default
-            click.echo(f"| {name} | `{env}` | `{shown!r}` | {text} |")
-        return
-    if fmt == "toml":
-        click.echo("# stream_reco settings: every key is optional; the values shown are the defaults.")
-        click.echo("# Use with `stream-reco --config FILE` or STREAM_RECO_CONFIG=FILE; env variables win.")
-        for name, env, default, text in Settings.field_docs():
-            shown = "~/.cache/stream-reco" if name == "data_dir" else default
-            value = str(shown).lower() if isinstance(shown, bool) else repr(shown).replace("'", '"')
-            click.echo(f"\n# {text} ({env})\n# {name} = {value}")
-        return
-    values = state.settings.masked()
-    for name, env, default, text in Settings.field_docs():
-        line = f"{name} = {values[name]!r}"
-        if doc:
-            line += f"    # {env}; default {default!r}; {text}"
-        click.echo(line)
+        click.echo(render_markdown())
+    elif fmt == "toml":
+        click.echo(render_toml_example())
+    else:
+        click.echo(render_effective(state.settings, doc=doc))
 
 
 def main(argv: list[str] | None = None) -> Any:
