@@ -30,7 +30,9 @@ REQUIRED_NUMBERS = (
     "wall_s",
 )
 PNG_DPI = 110
-FIGURE_SIZE = (13.0, 9.0)
+FIGURE_SIZE = (13.0, 13.5)
+#: sections that are optional (older results lack them) but, when present, must not hold an error
+OPTIONAL_SECTIONS = ("restart", "stats_memory")
 LATENCY_PERCENTILES = ("p50", "p95", "p99")
 #: the two delta sizes bench/ann.py measures (new items served exactly beside the annoy snapshot)
 DELTA_SMALL, DELTA_LARGE = 100, 1000
@@ -72,6 +74,14 @@ def iter_problems(result: dict[str, Any]) -> Iterator[str]:
     for shop, run in (_get(result, "shops") or {}).items():
         if run.get("worker_crashed"):
             yield f"the worker of shop {shop} crashed"
+    for name in OPTIONAL_SECTIONS:
+        section = result.get(name)
+        if isinstance(section, dict) and section.get("error"):
+            yield f"section {name!r} failed: {section['error'][:300]}"
+    for row in _get(result, "restart.retentions") or []:
+        for mode in ("off", "prime", "on"):
+            if (row.get(mode) or {}).get("crashed"):
+                yield f"the restarted worker ({mode}, {row['events']} events) crashed"
 
 
 def _jsonable(doc: Any) -> Any:
@@ -106,7 +116,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=FIGURE_SIZE)
+    fig, axes = plt.subplots(3, 2, figsize=FIGURE_SIZE)
     env = result.get("environment", {})
     fig.suptitle(f"stream-reco bench ({result.get('profile')}) - {env.get('date', '')} - "
                  f"{env.get('cpu_count')} cores, {env.get('cpu', '')[:48]}", fontsize=10)
@@ -114,6 +124,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     _plot_latency(axes[0][1], result)
     _plot_ann(axes[1][0], result)
     _plot_memory(axes[1][1], result)
+    _plot_restart(axes[2][0], result)
+    _plot_stats_memory(axes[2][1], result)
     fig.tight_layout()
     fig.savefig(path, dpi=PNG_DPI)
     plt.close(fig)
@@ -189,6 +201,71 @@ def _plot_memory(ax: Any, result: dict[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
+def _usable(result: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A section that ran (present, no error), else None."""
+    section = result.get(name)
+    return section if isinstance(section, dict) and section and not section.get("error") else None
+
+
+def _plot_unavailable(ax: Any, result: dict[str, Any], name: str) -> None:
+    section = result.get(name)
+    reason = section.get("error", "failed") if isinstance(section, dict) and section else "not in this result"
+    ax.text(0.5, 0.5, f"{name}: {reason[:80]}", ha="center", va="center", fontsize=8, wrap=True)
+    ax.set_axis_off()
+
+
+def _plot_restart(ax: Any, result: dict[str, Any]) -> None:
+    section = _usable(result, "restart")
+    if section is None:
+        _plot_unavailable(ax, result, "restart")
+        return
+    from bench import restart
+
+    restart.plot(section, ax)
+    for row in section.get("retentions") or []:
+        if row.get("on") is None and row.get("on_skipped"):
+            ax.annotate("snapshots on: not measured", (row["events"], row["off"]["served_s"]), fontsize=7,
+                        textcoords="offset points", xytext=(-60, 8))
+            break
+
+
+def _plot_stats_memory(ax: Any, result: dict[str, Any]) -> None:
+    section = _usable(result, "stats_memory")
+    if section is None:
+        _plot_unavailable(ax, result, "stats_memory")
+        return
+    from bench import stats_memory
+
+    stats_memory.plot(section, ax)
+
+
+def _restart_lines(result: dict[str, Any]) -> list[str]:
+    section = _usable(result, "restart")
+    if section is None:
+        return []
+    lines = [f"restart: {section['summary']['sentence']}"]
+    for row in section["retentions"]:
+        if row.get("on") is None and row.get("on_skipped"):
+            lines.append(f"restart: snapshots on not measured: {row['on_skipped']}")
+            break
+    return lines
+
+
+def _stats_memory_lines(result: dict[str, Any]) -> list[str]:
+    section = _usable(result, "stats_memory")
+    if section is None:
+        return []
+    out = []
+    for label, s in section["summary"].items():
+        per_m = s["bytes_per_million_events"]
+        marginal = s["marginal_bytes_per_million_events"]
+        out.append(f"stats memory ({label}): {s['final_bytes'] / 2**20:.1f} MiB after {s['events_final']:,} events "
+                   f"({per_m[-1] / 2**20:.0f} MiB per million events; the last step's events cost "
+                   f"{(marginal[-1] if marginal else float('nan')) / 2**20:.1f} MiB per million); at caps: "
+                   f"{', '.join(s['at_caps_final']) or 'none'}")
+    return out
+
+
 def summary(result: dict[str, Any]) -> str:
     """The headline figures as a few lines of text (printed by `stream-reco bench`)."""
     thr, fresh, mem = result["throughput"], result["freshness"], result["memory"]
@@ -212,6 +289,11 @@ def summary(result: dict[str, Any]) -> str:
                  f"{mem['worker']['rss_end_bytes'] / 2**20:.0f} MiB at {mem['worker']['visitors']:,} visitors "
                  f"(target {mem['target_bytes_per_visitor']} B: {'met' if mem['met'] else 'missed'})")
     lines.append(f"scaling: {result['scaling']['sentence']}")
+    lines.extend(_restart_lines(result))
+    lines.extend(_stats_memory_lines(result))
+    for name in OPTIONAL_SECTIONS:
+        if isinstance(result.get(name), dict) and result[name].get("error"):
+            lines.append(f"{name}: failed: {result[name]['error'][:200]}")
     return "\n".join(lines)
 
 
@@ -311,4 +393,61 @@ def markdown(result: dict[str, Any]) -> str:
                    f"| {_f(core[0]['total_us'], 0)} ({core[0]['visitors']:,}) -> {_f(core[-1]['total_us'], 0)} "
                    f"({core[-1]['visitors']:,}) |")
     out.append(f"\n{result['scaling']['sentence']}")
+    out.extend(_restart_markdown(result))
+    out.extend(_stats_memory_markdown(result))
     return "\n".join(out) + "\n"
+
+
+def _restart_markdown(result: dict[str, Any]) -> list[str]:
+    """Restart time per retention and mode (empty when the section did not run)."""
+    section = _usable(result, "restart")
+    if section is None:
+        return []
+    out = [f"\nWorker restart ({section['plan']['items']:,} items, {section['partitions']} partitions, "
+           f"fill: {section['plan']['fill']}): {section['definition']}.\n"]
+    out.append("| retained events | snapshots | serving again s | ready line s | first list s | events rebuilt "
+               "| snapshot MiB | snapshot write s | restore s | stop s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for row in section["retentions"]:
+        for mode in ("off", "prime", "on"):
+            start = row.get(mode)
+            if not start:
+                continue
+            saved = start.get("snapshot_saved") or {}
+            restored = start.get("snapshot_restored") or {}
+            size = saved.get("bytes")
+            out.append(f"| {row['events']:,} | {mode} | {_f(start.get('served_s'))} | {_f(start.get('ready_s'))} "
+                       f"| {_f(start.get('first_list_s'))} | {start.get('rebuilt_events', 0):,} "
+                       f"| {_f(size / 2**20 if size else None, 2)} | {_f(saved.get('seconds'), 2)} "
+                       f"| {_f(restored.get('seconds'), 2)} | {_f(start.get('stop_s'))} |")
+        if row.get("on") is None and row.get("on_skipped"):
+            out.append(f"| {row['events']:,} | on | not measured: {row['on_skipped']} | | | | | | | |")
+    out.append(f"\n{section['summary']['sentence']}")
+    return out
+
+
+def _stats_memory_markdown(result: dict[str, Any]) -> list[str]:
+    """Statistics memory and keys per step (empty when the section did not run)."""
+    section = _usable(result, "stats_memory")
+    if section is None:
+        return []
+    plan = section["plan"]
+    out = [f"\nStatistics memory ({plan['items']:,} items, {plan['visitors']:,} visitors simulated; "
+           f"weight_sknn {section['weight_sknn']}); {section['method']}.\n"]
+    out.append("| caps | events | total MiB | MiB per million events | covis / popularity / sessions / contexts MiB "
+               "| covis items, pairs | popularity items, categories | sessions | contexts | at caps |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for row in section["steps"]:
+        for label, m in row["series"].items():
+            k = m["keys"]
+            parts = " / ".join(f"{m[f'{name}_bytes'] / 2**20:.1f}" for name in ("covis", "popularity", "sessions",
+                                                                                  "contexts"))
+            out.append(f"| {label} | {row['events']:,} | {m['total_bytes'] / 2**20:.1f} "
+                       f"| {m['total_bytes'] / row['events'] * 1e6 / 2**20:.0f} | {parts} "
+                       f"| {k['covis_items']:,}, {k['covis_pairs']:,} | {k['popularity_items']:,}, "
+                       f"{k['popularity_categories']:,} | {k['sessions']:,} | {k['contexts']:,} "
+                       f"| {', '.join(m['at_caps']) or '-'} |")
+    caps = "; ".join(f"{label}: " + ", ".join(f"{k} {v:,}" for k, v in c.items())
+                     for label, c in section["caps"].items())
+    out.append(f"\nCaps: {caps}.")
+    return out

@@ -9,9 +9,15 @@ Sections (each a key of the result):
 * `ann` - recall@20 and speed of annoy vs exact search, and the delta path for new items (bench/ann.py).
 * `memory` - bytes of state per visitor (serialised, live object, as the worker stores it) and worker RSS.
 * `scaling` - the same figures as items and visitors grow, and the in-process cost per stage.
+* `restart` - seconds from spawning a restarted worker to serving every partition again, at two retentions,
+  with statistics snapshots off and on (bench/restart.py; the snapshot-on starts need the worker's
+  `stats_snapshot_interval_s`, issue 12, and are skipped with the reason where it is missing).
+* `stats_memory` - memory and keys of the shop-wide statistics per million events, in process, showing where
+  each cap stops their growth (bench/stats_memory.py).
 
-Profiles: `default` (100 k items and 100 k visitors, plus a 10 k shop; < 10 minutes on a 2-core machine)
-and `quick` (a few thousand items; < 2 minutes; what the integration test runs). Every shop is the
+Profiles: `default` (100 k items and 100 k visitors, plus a 10 k shop; < 14 minutes on a 2-core machine, of
+which restart and stats_memory take < 4) and `quick` (a few thousand items; < 3 minutes, restart and
+stats_memory < 1; what the integration test runs). Every shop is the
 simulated one (`stream_reco.shop.simulate`), with its catalogue and a visitor state for every visitor
 loaded into the worker before it starts (see `streaming.seed_changelog`), so the worker runs warm.
 """
@@ -41,6 +47,8 @@ import orjson
 
 from bench import ann as ann_bench
 from bench import core_cost, latency_probe, report, streaming
+from bench import restart as restart_bench
+from bench import stats_memory as stats_memory_bench
 from stream_reco.settings import Settings
 from stream_reco.shop.client import Prepared
 from stream_reco.shop.simulate import SIZES, ShopSimulator, SizeSpec
@@ -394,6 +402,19 @@ async def measure_shop(shop: ShopData, profile: Profile, base: Settings, run_id:
     return out
 
 
+# ------------------------------------------------------------------------------ restart and statistics
+def guarded(name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one self-contained section; a failure becomes `{"error": ...}` (reported as a problem) instead of
+    losing the minutes of figures measured before it. Why only these: they exercise the worker's statistics
+    snapshot, which is newer than the rest of the harness."""
+    started = time.perf_counter()
+    try:
+        return measure()
+    except Exception as exc:  # recorded in the result and reported by report.iter_problems
+        log(f"{name}: failed: {exc!r}")
+        return {"error": f"{type(exc).__name__}: {str(exc)[:2000]}", "wall_s": time.perf_counter() - started}
+
+
 # ---------------------------------------------------------------------------------------- assembling
 def environment(settings: Settings) -> dict[str, Any]:
     """The machine and versions the figures came from."""
@@ -556,6 +577,10 @@ def run(settings: Settings, quick: bool, output: Path, ann_sizes: tuple[int, ...
         **scaling_summary(shops, cores),
     }
     result["shops"] = shops
+    log("restart: worker restart time vs retention, statistics snapshots off and on")
+    result["restart"] = guarded("restart", lambda: restart_bench.run(settings, quick, seed, drop_env, log))
+    log("stats_memory: statistics memory per million events")
+    result["stats_memory"] = guarded("stats_memory", lambda: stats_memory_bench.run(settings, quick, seed, log))
     result["wall_s"] = time.perf_counter() - started
     result["environment"]["load_average_end"] = list(os.getloadavg())
     report.write(result, output)

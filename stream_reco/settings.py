@@ -147,6 +147,13 @@ class Settings:
     visitor_ttl_days: float = _doc(
         90.0, "a visitor without events for this long (in event time: the latest event the worker applied) is "
         "deleted from the table and its changelog by a background sweep; 0 keeps visitors forever", "worker")
+    stats_snapshot_interval_s: float = _doc(
+        300.0, "how often a worker snapshots its shop-wide statistics to data_dir/snapshots (also at a clean stop); a "
+        "restart replays only the events after the snapshot; a snapshot holds events back ~1-3 s per million "
+        "events learned; 0 turns snapshots off", "worker")
+    stats_feed_max_visitors: int = _doc(
+        50_000, "visitors of other workers' partitions whose last items the statistics feed keeps for co-visitation "
+        "(least recently seen dropped; ~2-3 kB each)", "worker")
     max_state_bytes: int = _doc(
         262_144, "largest serialised visitor state (keep under the broker's message.max.bytes); oldest parts trimmed",
         "worker")
@@ -394,6 +401,10 @@ class Settings:
             raise SettingsError("max_category_share must be within [0, 1]")
         if self.max_interests < 1:
             raise SettingsError("max_interests must be >= 1")
+        if self.stats_snapshot_interval_s < 0:
+            raise SettingsError("stats_snapshot_interval_s must be >= 0 (0 turns snapshots off)")
+        if self.stats_feed_max_visitors < 1:
+            raise SettingsError("stats_feed_max_visitors must be >= 1")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise SettingsError(f"security_protocol {self.security_protocol!r} is not supported")
         if self.sasl_mechanism not in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):

@@ -47,6 +47,7 @@ from stream_reco.core.rank import mmr, stable_order
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
 from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight, leaf_of
 from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
+from stream_reco.core.stats_context import StatsContext, StatsContexts, event_hash
 from stream_reco.settings import Settings
 
 if TYPE_CHECKING:
@@ -182,11 +183,13 @@ class Recommender:
             ts = min(ts, self.clock + MAX_CLOCK_STEP_MS)
         return max(ts, 0)
 
-    def observe(self, event: Event, now_ms: int | None = None) -> bool:
+    def observe(self, event: Event, now_ms: int | None = None, learn_stats: bool = True) -> bool:
         """Learn one event: visitor state and shop statistics. False (and no change) for a duplicate.
 
         The event is applied at `applied_time(event, now_ms)` (`last_applied_ms` says when), which is its
-        own timestamp unless it runs ahead of the shop clock or of `now_ms`.
+        own timestamp unless it runs ahead of the shop clock or of `now_ms`. With `learn_stats=False` only the
+        visitor state (and the shop clock) moves: co-visitation, popularity and the session index are left
+        alone, because the statistics feed already counted the event (`learn_stats`).
         """
         at = self.applied_time(event, now_ms)
         if at != event.timestamp:
@@ -218,20 +221,64 @@ class Recommender:
         counted = self.priors_until is not None and event.timestamp <= self.priors_until
         # an event from before the visitor's current session was not co-visited with its recent items
         in_session = state.n_events == 0 or event.timestamp >= state.session_start
-        if event.event_type != "dismiss" and not counted:
+        if learn_stats and event.event_type != "dismiss" and not counted:
             self._learn_stats(state, event, category or event.page_category, covisit=in_session)
         consumable = event.event_type == "purchase" and item is not None and item.repurchasable and bool(category)
         suppressions = dict(state.purchase_categories) if consumable else None
         state.apply(event, self.settings, vector=vector, category=category)
         if suppressions is not None:
             self._keep_suppressions(state, suppressions)
-        if event.event_type != "dismiss" and self.settings.weight_sknn > 0 and in_session:
+        if learn_stats and event.event_type != "dismiss" and self.settings.weight_sknn > 0 and in_session:
             self.sessions.add(key, state.session_start, event.item_id)
         self.store.put(key, state)
         self.n_observed += 1
         self.n_clamped += clamped
         self.clock = at if self.clock is None else max(self.clock, at)
         self.last_applied_ms = at
+        return True
+
+    def learn_stats(self, event: Event, now_ms: int | None, contexts: StatsContexts) -> bool:
+        """Learn only the shop-wide statistics of an event whose visitor state lives on another worker.
+
+        The statistics feed's path: every worker counts every event of the shop, not only those of its own
+        partitions. Learns exactly what `observe` would (same applied time and shop clock, priors skip,
+        co-visitation window and weights, in-session rule, popularity, session index, login joins, duplicates),
+        with the visitor's past taken from `contexts` (a bounded LRU of light contexts; see
+        core/stats_context.py for where the two can differ: only at its bounds). False for a duplicate.
+        """
+        at = self.applied_time(event, now_ms)
+        if at != event.timestamp:
+            event = dataclasses.replace(event, timestamp=at)
+        key = event.visitor_key
+        ctx = contexts.get(key)
+        merged = False
+        if event.user_id and event.session_id and event.session_id != key:
+            anon = contexts.get(event.session_id)
+            if anon is not None and not anon.has_user:
+                ctx = ctx if ctx is not None else StatsContext()
+                contexts.merge(ctx, anon)
+                contexts.forget(event.session_id)
+                merged = True
+        if ctx is None:
+            ctx = StatsContext()
+        eid = event_hash(event.event_id)
+        if ctx.has_seen(eid):
+            contexts.n_duplicates += 1
+            if merged:
+                contexts.put(key, ctx)
+            return False
+        item = self.catalog.get(event.item_id)
+        category = item.category_path if item is not None and item.category else None
+        counted = self.priors_until is not None and at <= self.priors_until
+        in_session = ctx.n_events == 0 or at >= ctx.session_start
+        if event.event_type != "dismiss" and not counted:
+            self._learn_stats(ctx, event, category or event.page_category, covisit=in_session)
+        contexts.apply(ctx, event, eid, item.item_id if item is not None else None)
+        if event.event_type != "dismiss" and self.settings.weight_sknn > 0 and in_session:
+            self.sessions.add(key, ctx.session_start, event.item_id)
+        contexts.put(key, ctx)
+        contexts.n_learned += 1
+        self.clock = at if self.clock is None else max(self.clock, at)
         return True
 
     def _keep_suppressions(self, state: VisitorState, before: dict[str, int]) -> None:
@@ -247,8 +294,13 @@ class Recommender:
         state.purchase_categories.clear()
         state.purchase_categories.update((c, t) for c, t in before.items() if state.last_seen - t < window)
 
-    def _learn_stats(self, state: VisitorState, event: Event, category: str | None, covisit: bool = True) -> None:
-        """Co-visit the item with the visitor's recent items (closer in time counts more); count it."""
+    def _learn_stats(
+        self, state: VisitorState | StatsContext, event: Event, category: str | None, covisit: bool = True
+    ) -> None:
+        """Co-visit the item with the visitor's recent items (closer in time counts more); count it.
+
+        Reads only `state.history`, which a `StatsContext` keeps in the same format (its last `covis_window`).
+        """
         recent: list[tuple[str, float]] = []
         taken = {event.item_id}
         window = state.history[-self.settings.covis_window :] if covisit else []

@@ -54,7 +54,8 @@ class CoVisitation:
 
     Streamed weights live in `pairs` and are pruned to the strongest `max_neighbours` per item (once an
     item's map exceeds `PRUNE_SLACK` times that). Priors from the model artifact are kept apart and
-    replaced on every model load; a lookup adds the two, scaled by `prior_weight`.
+    replaced on every model load; a lookup adds the two, scaled by `prior_weight`. The streamed `pairs` (in
+    their order) are what core/stats_snapshot.py saves: a new learned field must be saved there too.
     """
 
     def __init__(
@@ -186,7 +187,8 @@ class DecayedCounts:
     A count added at time t is stored as w * 2^((t - ref) / half_life): adding in any order gives the
     same result (replays are deterministic), and the score at time `now` is the stored value times
     2^(-(now - ref) / half_life), the same factor for every item, so decay never reorders items and the
-    top lists stay exact without touching every item on every event.
+    top lists stay exact without touching every item on every event. core/stats_snapshot.py saves `ref`,
+    `scores` and each tracker's `order` (members follow from it): a new learned field must be saved there too.
     """
 
     def __init__(
@@ -357,6 +359,7 @@ class SessionIndex:
     restart) changes nothing: item sets are sets. Bounded: the oldest sessions beyond `max_sessions` are
     forgotten (item lists skip them lazily) and each item remembers at most `per_item` sessions.
     Deterministic: sessions get increasing ids in stream order and every ordering breaks ties by id.
+    core/stats_snapshot.py saves every field but the caps: a new learned field must be saved there too.
     """
 
     def __init__(self, max_sessions: int, per_item: int, max_session_items: int = SKNN_SESSION_ITEMS_CAP) -> None:

@@ -38,8 +38,9 @@ import faust
 
 from stream_reco import redact, schemas
 from stream_reco.core.recommender import Recommender
+from stream_reco.core.stats_context import StatsContexts
 from stream_reco.settings import Settings
-from stream_reco.stream import faust_internals, topics
+from stream_reco.stream import faust_internals, snapshots, topics
 from stream_reco.stream.catalog_feed import CatalogFeed
 from stream_reco.stream.http_view import HttpView
 from stream_reco.stream.ingest import Ingest
@@ -48,6 +49,7 @@ from stream_reco.stream.log_reader import LogEnds
 from stream_reco.stream.model_watch import ModelWatch
 from stream_reco.stream.recovery import StatsRecovery
 from stream_reco.stream.repairs import RECOVERY_WATCH_S, Repairs
+from stream_reco.stream.stats_feed import StatsFeed
 from stream_reco.stream.store import CHANGELOG_MAX_BYTES, LatestLists, TableStore, WorkerStats
 from stream_reco.stream.sweep import SWEEP_INTERVAL_S, VisitorSweep
 
@@ -157,9 +159,15 @@ class RecoWorker:
         # within `max_state_bytes`, which settings.py keeps below this
         self.store = TableStore(self.visitors, settings.partitions, max_state_bytes=CHANGELOG_MAX_BYTES)
         self.recommender = recommender or Recommender(settings, store=self.store)
-        # statistics live only in memory: rebuilt from the events topic per partition (stream/recovery.py)
+        # shop-wide statistics: this worker's partitions through its own path (rebuilt per partition on first
+        # sight, stream/recovery.py), the others' through the statistics feed (stream/stats_feed.py), both from
+        # the latest snapshot's offsets on (stream/snapshots.py)
         self.recovery = StatsRecovery(settings, self.recommender, self.store)
+        self.feed_contexts = (snapshots.restore(settings, self.recommender, self.recovery.counted)
+                              or StatsContexts(settings, max_visitors=settings.stats_feed_max_visitors))
         self.log_ends = LogEnds(settings)
+        #: set at the first assignment: the feed must not read partitions this worker is about to own
+        self.assigned_once = asyncio.Event()
 
         # --- the parts -----------------------------------------------------------------------------------
         self.join_forwarder = JoinForwarder(settings, app, self.store, self.recovery, self.log_ends, self.stats,
@@ -177,6 +185,8 @@ class RecoWorker:
         self.sweep = VisitorSweep(settings, app, self.store, self.latest_lists, self.stats, self.apply_lock,
                                   self.applying, self.active_partitions, lambda: self.ingest.stream_time_ms)
         self.http_view = HttpView(self.recommender, self.store, self.latest_lists)
+        self.stats_feed = StatsFeed(settings, lambda: self.recommender, self.feed_contexts, self.recovery.counted,
+                                    lambda: self.active_partitions)
 
         # --- faust: callbacks, agents, tasks, timers, pages --------------------------------------------
         app.on_partitions_revoked.connect(self._on_partitions_revoked)
@@ -185,6 +195,9 @@ class RecoWorker:
         app.agent(self.events_topic, name="stream_reco.process_events")(self._process_events)
         app.agent(self.joins_topic, name="stream_reco.process_joins")(self.join_agent.process)
         app.task(self.catalog_feed.consume)
+        app.task(self._run_stats_feed)
+        if settings.stats_snapshot_interval_s > 0:
+            app.timer(settings.stats_snapshot_interval_s)(guarded(self.save_snapshot))
         app.timer(settings.model_poll_s)(guarded(self.model_watch.watch_model))
         app.timer(STATS_INTERVAL_S)(guarded(self._log_stats))
         if settings.skip_check_s > 0:
@@ -220,19 +233,38 @@ class RecoWorker:
         await self.ingest.handle_batch(batch)
 
     # --- statistics and rebalances --------------------------------------------------------------------
+    async def _run_stats_feed(self) -> None:
+        """The statistics feed starts once events are applied and the first assignment is known."""
+        await self.applying.wait()
+        await self.assigned_once.wait()
+        await self.stats_feed.run()
+
+    async def save_snapshot(self) -> None:
+        """Snapshot the shop-wide statistics with the offsets they cover (stream/snapshots.py)."""
+        if self.applying.is_set():  # before, the statistics hold nothing this worker would not rebuild
+            await snapshots.save(self.settings, self.recommender, self.feed_contexts, self.recovery.counted,
+                                 self.apply_lock)
+
     async def _log_stats(self) -> None:
         self.stats.counts["states_oversized"] = self.store.oversized
-        log.info("stats %s", {**self.stats.snapshot(), **self.recovery.snapshot()})
+        log.info("stats %s", {**self.stats.snapshot(), **self.recovery.snapshot(), **self.stats_feed.snapshot()})
 
     async def _on_shutdown(self, sender: Any, **_: Any) -> None:
+        if self.settings.stats_snapshot_interval_s > 0:
+            try:
+                await self.save_snapshot()
+            except Exception:  # a failed snapshot costs a longer next start, never the shutdown
+                log.exception("statistics snapshot at shutdown failed")
         await self.log_ends.close()
 
     async def _on_partitions_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
-        self.recovery.forget({tp.partition for tp in revoked if tp.topic == self.settings.events_topic})
+        self.recovery.revoked({tp.partition for tp in revoked if tp.topic == self.settings.events_topic})
 
     async def _on_partitions_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
         """Remember and log which events partitions this worker owns now (local login joins; operators)."""
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.events_topic)
         self.active_partitions.clear()  # in place: the parts hold this set
         self.active_partitions.update(mine)
+        self.recovery.assigned(set(mine))
+        self.assigned_once.set()
         log.info("%s %s", ASSIGNED_LINE, mine)

@@ -145,9 +145,12 @@ class Ingest:
         shadow = self.recovery.shadow_for(msg.partition, msg.offset)
         recommender = shadow or self.recommender
         forward = self.forwarder.needs_join_request(event, msg.partition, recommender)
+        # the statistics feed or a snapshot may have counted this event's statistics before the worker took the
+        # partition (stream/stats_feed.py): then only the visitor's state learns it
+        learn_stats = self.recovery.learns(msg.partition, msg.offset)
         self.store.only_partition = msg.partition
         try:
-            observed = recommender.observe(event, now_ms=ceiling)
+            observed = recommender.observe(event, now_ms=ceiling, learn_stats=learn_stats)
         finally:
             self.store.only_partition = None
         if not observed:

@@ -64,7 +64,6 @@ from aiokafka import ConsumerRecord
 
 from stream_reco.core.events import Event
 from stream_reco.core.recommender import Recommender, VisitorStore
-from stream_reco.core.stats import CoVisitation, Popularity, SessionIndex
 from stream_reco.settings import Settings
 from stream_reco.stream import admission, log_reader, region
 from stream_reco.stream.log_reader import FETCH_MAX_RECORDS, FETCH_TIMEOUT_MS
@@ -81,6 +80,9 @@ REGION_SCAN_SLACK = 2_000
 #: how far before the first delivered offset the rebuild looks for messages the consumer skipped: more than
 #: faust ever holds in its buffers (a batch plus the stream buffer), which is what a rebalance can drop
 MISSED_WINDOW = 10_000
+#: with statistics from a snapshot or the feed, the rebuild still reads this many events before the skip window:
+#: the shadow's visitors need recent history (co-visitation pairs an event with the visitor's last items)
+CONTEXT_EVENTS = 10_000
 
 
 class StatsRecovery:
@@ -90,8 +92,14 @@ class StatsRecovery:
         self.settings = settings
         self.recommender = recommender
         self.store = store
-        #: per partition, the offset after the last message this worker has applied (statistics counted below)
+        #: per partition, the offset after the last message this worker has applied (skip detection)
         self.next_offset: dict[int, int] = {}
+        #: per partition, the offset below which the live statistics hold the partition's events, whoever counted
+        #: them (the statistics feed, a snapshot, or this worker's own path); the feed reads on from here
+        self.counted: dict[int, int] = {}
+        #: per owned partition, `counted` when this worker took it: its own path counts statistics from here
+        #: (below, the feed or the snapshot did; the feed may have read past the group's committed offset)
+        self.boundary: dict[int, int] = {}
         #: partitions in a recovery region, with the shadow that holds their visitors as of the log position
         self.shadows: dict[int, Recommender] = {}
         #: per partition in a recovery region, the offset after the last event the table held at the rebuild
@@ -116,9 +124,29 @@ class StatsRecovery:
             log.info("partition %d: first %s at offset %d", partition, "event" if delivered else "position", offset)
         missed: list[ConsumerRecord] = []
         if expected is None or offset > expected:
-            missed = await self._rebuild(partition, counted_below=expected or 0, upto=offset)
+            missed = await self._rebuild(partition, applied_below=expected or 0, upto=offset)
         self.next_offset[partition] = max(expected or 0, offset + 1 if delivered else offset)
         return missed
+
+    def learns(self, partition: int, offset: int) -> bool:
+        """Whether applying the message at (`partition`, `offset`) counts its statistics: not when the feed or
+        the snapshot already did (`boundary`). Also records it as counted (for the feed and the snapshot)."""
+        self.counted[partition] = max(self.counted.get(partition, 0), offset + 1)
+        return offset >= self.boundary.get(partition, 0)
+
+    def assigned(self, partitions: set[int]) -> None:
+        """Partitions this worker now applies: its own path counts their statistics from `counted` on."""
+        for p in partitions:
+            if p not in self.boundary:
+                self.boundary[p] = self.counted.get(p, 0)
+
+    def revoked(self, partitions: set[int]) -> None:
+        """Partitions this worker no longer applies: their shadows go, and the statistics feed takes them on from
+        what this worker applied (their counted offsets stay, so nothing is counted twice)."""
+        self.forget(partitions)
+        for p in partitions:
+            self.counted[p] = max(self.counted.get(p, 0), self.next_offset.get(p, 0))
+            self.boundary.pop(p, None)
 
     def shadow_for(self, partition: int, offset: int) -> Recommender | None:
         """The shadow that applies the message at (`partition`, `offset`), or None outside a recovery region."""
@@ -143,27 +171,30 @@ class StatsRecovery:
             self.held.pop(p, None)
 
     def _shadow(self) -> ShadowRecommender:
-        shadow = ShadowRecommender(self.settings, catalog=self.recommender.catalog, store=BytesVisitorStore())
-        shadow.rules = self.recommender.rules
+        """A recommender with its own visitor store and the live statistics (`learn_stats` decides per event)."""
+        live = self.recommender
+        shadow = ShadowRecommender(self.settings, catalog=live.catalog, store=BytesVisitorStore())
+        shadow.rules = live.rules
+        shadow.covis, shadow.popularity, shadow.sessions = live.covis, live.popularity, live.sessions
         return shadow
 
-    async def _rebuild(self, partition: int, counted_below: int, upto: int) -> list[ConsumerRecord]:
-        """Replay events [0, upto) of `partition` through a shadow (statistics learn those >= counted_below),
-        then scan on for the end of the recovery region. Returns the messages before `upto` that were never
-        applied (the consumer skipped them), for the worker to apply now."""
+    async def _rebuild(self, partition: int, applied_below: int, upto: int) -> list[ConsumerRecord]:
+        """Replay the events of `partition` before `upto` through a shadow, then scan on for the end of the
+        recovery region. Returns the messages before `upto` that were never applied (the consumer skipped them;
+        looked for from `applied_below` on, what this worker applied itself), for the worker to apply now.
+
+        The statistics learn the events from `boundary` on (below it the feed or a snapshot counted them). With
+        no boundary the partition is read from its start (statistics from nothing, as without a snapshot);
+        with one, from `CONTEXT_EVENTS` before the skip window: restart time does not grow with retention."""
         # a recovery region still open here (a crash's redelivered events) that the consumer then jumped over
         prev_region_end = self.region_end.get(partition, 0)
         self.forget({partition})
         # upto == 0 (no committed offset: a worker killed before its first commit) still scans for the
         # recovery region: the changelog may hold events that were applied but never committed
         began = time.monotonic()
+        counted_below = self.boundary.get(partition, 0)
+        start = max(0, min(counted_below, upto - MISSED_WINDOW) - CONTEXT_EVENTS) if counted_below else 0
         shadow = self._shadow()
-        live = self.recommender
-        # below counted_below the live statistics already hold these events: learn into throwaway ones
-        shadow.covis = CoVisitation(self.settings.covis_neighbours)
-        shadow.popularity = Popularity(self.settings.popularity_half_life_h)
-        shadow.sessions = SessionIndex(self.settings.sknn_max_sessions, self.settings.sknn_sessions_per_item)
-        learning = False
         n = 0
         first: int | None = None
         region_end = upto
@@ -175,26 +206,31 @@ class StatsRecovery:
         tail: list[tuple[int, Event | None]] = []
 
         def learn(msg: ConsumerRecord, record: Event | None) -> None:
-            """The shadow learns one event, at most at the time the live worker could have applied it (its
-            record time plus the skew); an event the core fails on was dead-lettered live: skipped here too."""
+            """The shadow applies one event, at most at the time the live worker could have applied it (its
+            record time plus the skew), learning its statistics unless they were counted before (`boundary`);
+            an event the core fails on was dead-lettered live: skipped here too."""
             nonlocal n
             if record is None:
                 return
             now_ms = admission.ceiling_ms(admission.reference_ms(msg.timestamp), self.settings.max_clock_skew_s)
+            counts = msg.offset >= counted_below
             try:
-                shadow.observe(record, now_ms=now_ms)
+                shadow.observe(record, now_ms=now_ms, learn_stats=counts)
             except Exception:
                 self.failed += 1
                 log.exception("partition %d: the statistics rebuild skipped offset %d, which the core failed on",
                               partition, msg.offset)
                 return
-            n += 1
+            n += counts
 
         consumer, tp = log_reader.partition_reader(self.settings, partition)
         await consumer.start()
         try:
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
+            if start:
+                consumer.seek(tp, start)
+            else:
+                await consumer.seek_to_beginning(tp)
             high = (await consumer.end_offsets([tp]))[tp]
             scanning = True
             while scanning and await consumer.position(tp) < high:
@@ -212,20 +248,14 @@ class StatsRecovery:
                                 scanning = False
                                 break
                         continue
-                    if msg.offset < counted_below:
+                    if msg.offset < applied_below:
                         learn(msg, record)
                         continue
-                    if not learning:
-                        _share_statistics(shadow, live)
-                        learning = True
                     window.append((msg, record))
                     if len(window) > MISSED_WINDOW:
                         learn(*window.popleft())
         finally:
             await consumer.stop()
-        # from here on (the window, then the recovery region) the shadow learns into the live statistics,
-        # also when no message lay in [counted_below, upto) to switch it above (upto == 0 after an early kill)
-        _share_statistics(shadow, live)
         in_window = region.applied([(msg.offset, record) for msg, record in window], self.store, shadow.store,
                                    partition, self.settings.partitions)
         held = [msg for msg, _ in window if msg.offset in in_window]
@@ -258,7 +288,7 @@ class StatsRecovery:
         self.rebuilt_events += n
         self.rebuild_s += elapsed
         self.missed += len(missed)
-        if first:
+        if first is not None and first > start:
             log.warning("partition %d: events before offset %d are gone (retention); statistics are rebuilt "
                         "from the retained ones only", partition, first)
         if missed:
@@ -310,9 +340,4 @@ class StatsRecovery:
     def snapshot(self) -> dict[str, Any]:
         return {"stats_rebuilt_events": self.rebuilt_events, "stats_rebuild_s": round(self.rebuild_s, 2),
                 "recovery_replayed": self.replayed, "missed_applied": self.missed, "rebuild_failed": self.failed}
-
-
-def _share_statistics(shadow: Recommender, live: Recommender) -> None:
-    """From here on the shadow learns into the live shop-wide statistics (every one `observe` updates)."""
-    shadow.covis, shadow.popularity, shadow.sessions = live.covis, live.popularity, live.sessions
 
