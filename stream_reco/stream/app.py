@@ -165,6 +165,7 @@ class RecoWorker:
         self.recovery = StatsRecovery(settings, self.recommender, self.store)
         self.feed_contexts = (snapshots.restore(settings, self.recommender, self.recovery.counted)
                               or StatsContexts(settings, max_visitors=settings.stats_feed_max_visitors))
+        self.recovery.contexts = self.feed_contexts
         self.log_ends = LogEnds(settings)
         #: set at the first assignment: the feed must not read partitions this worker is about to own
         self.assigned_once = asyncio.Event()

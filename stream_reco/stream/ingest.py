@@ -141,13 +141,19 @@ class Ingest:
         ceiling = admission.ceiling_ms(reference, settings.max_clock_skew_s)
         self.store.current_key = event.visitor_key
         self.store.partition = msg.partition
-        # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
-        shadow = self.recovery.shadow_for(msg.partition, msg.offset)
-        recommender = shadow or self.recommender
-        forward = self.forwarder.needs_join_request(event, msg.partition, recommender)
         # the statistics feed or a snapshot may have counted this event's statistics before the worker took the
         # partition (stream/stats_feed.py): then only the visitor's state learns it
         learn_stats = self.recovery.learns(msg.partition, msg.offset)
+        # in a recovery region (after a crash) a shadow applies redelivered events (stream/recovery.py)
+        held, shadow = self.recovery.region_of(msg.partition, msg.offset)
+        if held and shadow is None:  # held, no shadow: statistics only, and the list from the table's state
+            if learn_stats:
+                self.recovery.learn_held(event, ceiling)
+            self.stats.counts["region_relisted"] += 1
+            self._trigger(event.visitor_key, event, None, triggers, replayed)
+            return
+        recommender = shadow or self.recommender
+        forward = self.forwarder.needs_join_request(event, msg.partition, recommender)
         self.store.only_partition = msg.partition
         try:
             observed = recommender.observe(event, now_ms=ceiling, learn_stats=learn_stats)

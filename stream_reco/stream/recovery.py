@@ -64,6 +64,7 @@ from aiokafka import ConsumerRecord
 
 from stream_reco.core.events import Event
 from stream_reco.core.recommender import Recommender, VisitorStore
+from stream_reco.core.stats_context import StatsContexts
 from stream_reco.settings import Settings
 from stream_reco.stream import admission, log_reader, region
 from stream_reco.stream.log_reader import FETCH_MAX_RECORDS, FETCH_TIMEOUT_MS
@@ -100,6 +101,8 @@ class StatsRecovery:
         #: per owned partition, `counted` when this worker took it: its own path counts statistics from here
         #: (below, the feed or the snapshot did; the feed may have read past the group's committed offset)
         self.boundary: dict[int, int] = {}
+        #: light per-visitor contexts for statistics learned without a visitor state (the feed's; app.py sets it)
+        self.contexts = StatsContexts(settings, max_visitors=settings.stats_feed_max_visitors)
         #: partitions in a recovery region, with the shadow that holds their visitors as of the log position
         self.shadows: dict[int, Recommender] = {}
         #: per partition in a recovery region, the offset after the last event the table held at the rebuild
@@ -148,20 +151,25 @@ class StatsRecovery:
             self.counted[p] = max(self.counted.get(p, 0), self.next_offset.get(p, 0))
             self.boundary.pop(p, None)
 
-    def shadow_for(self, partition: int, offset: int) -> Recommender | None:
-        """The shadow that applies the message at (`partition`, `offset`), or None outside a recovery region."""
-        shadow = self.shadows.get(partition)
-        if shadow is None:
-            return None
-        if offset >= self.region_end.get(partition, 0):
+    def region_of(self, partition: int, offset: int) -> tuple[bool, Recommender | None]:
+        """Whether the table already holds the message at (`partition`, `offset`), a redelivered event of a
+        recovery region, and the shadow that replays it. No shadow for a held event when the rebuild did not read
+        the partition from its start (`_rebuild`): then the worker relists the visitor from the table's state."""
+        if partition not in self.region_end:
+            return False, None
+        if offset >= self.region_end[partition]:
             self.forget({partition})  # the table and the log agree from here on
             log.info("partition %d: recovery region passed at offset %d (%d redelivered events replayed)",
                      partition, offset, self.replayed)
-            return None
+            return False, None
         if offset not in self.held.get(partition, ()):
-            return None  # an event of the region the table does not hold: the worker applies it
+            return False, None  # an event of the region the table does not hold: the worker applies it
         self.replayed += 1
-        return shadow
+        return True, self.shadows.get(partition)
+
+    def learn_held(self, event: Event, now_ms: int) -> None:
+        """The statistics of a held event of a region without a shadow (its state is in the table already)."""
+        self.recommender.learn_stats(event, now_ms, self.contexts)
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: their shadows go (their counted offsets stay, so nothing is counted twice)."""
@@ -276,7 +284,10 @@ class StatsRecovery:
         if in_region:
             region_end = max(region_end, max(in_region) + 1)
         if region_end > upto or replay:
-            self.shadows[partition] = shadow
+            if start == 0:
+                self.shadows[partition] = shadow
+            # else the shadow lacks the history of visitors older than `start`: a list it computed could show an
+            # item such a visitor bought; the table's state is ahead but holds everything (region_of)
             self.region_end[partition] = region_end
             self.held[partition] = in_region | {msg.offset for msg in replay}
             logins = {e.event_id for offset, e in tail

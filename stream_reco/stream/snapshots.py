@@ -65,11 +65,14 @@ def _write(path: Path, data: bytes) -> None:
     """Write and rename: a reader (or a crash) sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure (a full disk): the old snapshot stays, the partial one goes
 
 
 async def save(settings: Settings, recommender: Recommender, contexts: StatsContexts, counted: dict[int, int],

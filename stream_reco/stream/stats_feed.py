@@ -104,15 +104,16 @@ class StatsFeed:
         if wanted == self._reading:
             return
         topic = self.settings.events_topic
+        # `assign` replaces the whole assignment and forgets every position (aiokafka 0.14): seek them all, or the
+        # partitions kept would be read again from their start
         self._consumer.assign([TopicPartition(topic, p) for p in sorted(wanted)])
-        for p in sorted(wanted - self._reading):
+        for p in sorted(wanted):
             tp = TopicPartition(topic, p)
             if self.counted.get(p, 0) > 0:
                 self._consumer.seek(tp, self.counted[p])
             else:
                 await self._consumer.seek_to_beginning(tp)
-        if wanted != self._reading:
-            log.info("statistics feed reads partitions %s", sorted(wanted))
+        log.info("statistics feed reads partitions %s", sorted(wanted))
         self._reading = wanted
 
     def learn(self, partition: int, offset: int, key: bytes | None, value: bytes | None, record_ms: int) -> bool:
