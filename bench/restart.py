@@ -6,7 +6,7 @@ writes the statistics (and the offsets they cover) to its data dir periodically 
 a restart loads that and replays only the tail. This section measures both at two retentions.
 
 What "serving again" means: seconds from spawning the worker process to the receipt of the lists of probe
-events, one new visitor per events partition, produced right after the spawn. A partition's statistics are
+events, one new visitor per events partition, produced once the worker prints its ready line. A partition's statistics are
 rebuilt before its first event is applied, so the last probe list means every partition serves with complete
 statistics; the ready line (catalogue loaded) is reported beside it.
 
@@ -102,7 +102,7 @@ PLANS: dict[str, RestartPlan] = {
     # ~12.5 events per visitor on the simulated shop: 9 k visitors give the 100 k events of the larger retention.
     # Why not 200 k: a full rebuild runs at ~3 k events/s on a 2-core machine (~300 us per event: decode,
     # validate, shadow state), so 200 k events cost over a minute per start and the section its budget
-    "default": RestartPlan(items=10_000, visitors=9_000, retentions=(25_000, 100_000)),
+    "default": RestartPlan(items=10_000, visitors=9_000, retentions=(50_000, 200_000)),
     "quick": RestartPlan(items=1_000, visitors=2_000, retentions=(5_000, 20_000)),
 }
 
@@ -238,10 +238,12 @@ async def timed_start(settings: Settings, meter: streaming.ListMeter, mode: str,
     worker = RestartWorker(settings, {SNAPSHOT_ENV: str(interval_s)}, drop_env)
     out: dict[str, Any] = {"mode": mode, "snapshot_interval_s": interval_s}
     try:
+        # probes after the ready line: events already waiting at a start meet faust's delivery quirk (a wedge the
+        # repairs undo after `delivery_stall_s`) often enough to drown the statistics' share in its 15 s
+        out["ready_s"] = await worker.wait_ready(SERVE_TIMEOUT_S)
         probes = probe_events(settings.partitions, tag, item_id, int(time.time() * 1000))
         await streaming.produce_prepared(settings, (
             Prepared(settings.events_topic, streaming.event_key(d).encode(), orjson.dumps(d)) for d in probes))
-        out["ready_s"] = await worker.wait_ready(SERVE_TIMEOUT_S)
         ids = [d["event_id"] for d in probes]
         if not await meter.wait_for(ids, SERVE_TIMEOUT_S):
             raise TimeoutError(f"{mode} start: no list for {sum(i not in meter.by_trigger for i in ids)} of "
