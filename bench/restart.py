@@ -6,9 +6,9 @@ writes the statistics (and the offsets they cover) to its data dir periodically 
 a restart loads that and replays only the tail. This section measures both at two retentions.
 
 What "serving again" means: seconds from spawning the worker process to the receipt of the lists of probe
-events, one new visitor per events partition, produced once the worker prints its ready line. A partition's statistics are
-rebuilt before its first event is applied, so the last probe list means every partition serves with complete
-statistics; the ready line (catalogue loaded) is reported beside it.
+events, one new visitor per events partition, produced once the worker prints its ready line. A partition's
+statistics are rebuilt before its first event is applied, so the last probe list means every partition serves
+with complete statistics; the ready line (catalogue loaded) is reported beside it.
 
 How the retained events get there, and why not through a live worker: the worker drains about 500 events/s
 on a 2-core machine (bench/results/latest.md), so applying 200 000 events live would take most of the bench's

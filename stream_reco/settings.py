@@ -65,16 +65,18 @@ def _default_data_dir() -> str:
     return str(Path(base) / "stream-reco")
 
 
-def _doc(default: Any, doc: str, section: str, *, common: bool = False, internal: bool = False) -> Any:
+def _doc(default: Any, doc: str, section: str, *, common: bool = False, internal: bool = False,
+         core: bool = False) -> Any:
     """A dataclass field whose help text and section travel with it (one source for the loader, `stream-reco
     config`, the README and config.example.toml).
 
     `common`: a setting most shops set (config.example.toml shows these first). `internal`: not a user setting
-    (no environment variable or TOML key; see the module docstring).
+    (no environment variable or TOML key; see the module docstring). `core`: a field outside the ranking and
+    index sections that the pure core needs all the same (a bound on the state it keeps; `CoreSettings`).
     """
     if section not in SECTIONS:
         raise ValueError(f"unknown settings section {section!r}")
-    metadata = {"doc": doc, "section": section, "common": common, "internal": internal}
+    metadata = {"doc": doc, "section": section, "common": common, "internal": internal, "core": core}
     if callable(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -156,21 +158,23 @@ class Settings:
         "(least recently seen dropped; ~2-3 kB each)", "worker")
     max_state_bytes: int = _doc(
         262_144, "largest serialised visitor state (keep under the broker's message.max.bytes); oldest parts trimmed",
-        "worker")
-    history_cap: int = _doc(50, "items kept in a visitor's recent history", "worker")
+        "worker", core=True)
+    history_cap: int = _doc(50, "items kept in a visitor's recent history", "worker", core=True)
     owned_cap: int = _doc(
         200, "purchased and dismissed items kept exactly per visitor (older ones: a Bloom filter, never shown)",
-        "worker")
+        "worker", core=True)
     stats_max_items: int = _doc(
-        1_000_000, "items the shop-wide popularity and co-visitation keep per worker (least useful dropped)", "worker")
+        1_000_000, "items the shop-wide popularity and co-visitation keep per worker (least useful dropped)",
+        "worker", core=True)
     popularity_max_categories: int = _doc(
-        10_000, "category paths with a best-seller list per worker (the weakest dropped; memory bound)", "worker")
+        10_000, "category paths with a best-seller list per worker (the weakest dropped; memory bound)",
+        "worker", core=True)
     sknn_max_sessions: int = _doc(
-        100_000, "recent sessions the session-kNN index keeps per worker (memory bound)", "worker")
+        100_000, "recent sessions the session-kNN index keeps per worker (memory bound)", "worker", core=True)
     dedup_window: int = _doc(
         64, "internal: recent event_ids kept per visitor to drop redelivered duplicates; at-least-once delivery "
         "relies on it covering every event (and login join) a crash or rebalance delivers again",
-        "worker", internal=True)
+        "worker", internal=True, core=True)
     skip_check_s: float = _doc(
         2.0, "internal (a faust workaround): how often a worker checks that every event its consumer committed or "
         "fetched was applied (faust skips or drops some around rebalances) and repairs what was not; 0 turns the "
@@ -333,6 +337,12 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def core(self) -> CoreSettings:
+        """The part of these settings the pure core receives (`CoreSettings`): no connection, security, worker
+        or tool settings reach ranking code, so a secret cannot leak through it and a ranking change cannot
+        depend on them."""
+        return CoreSettings(**{name: getattr(self, name) for name in CORE_FIELDS})
+
     @classmethod
     def describe(cls, include_internal: bool = False) -> list[SettingInfo]:
         """Every setting (and, if asked, every internal field) with its documentation, section by section in
@@ -418,6 +428,33 @@ class Settings:
 
 #: every internal field: not settable from the environment or a TOML file (see the module docstring)
 INTERNAL_FIELDS: Final = frozenset(f.name for f in fields(Settings) if f.metadata["internal"])
+
+
+#: the sections whose settings the pure core (stream_reco/core/) receives
+CORE_SECTIONS: Final = ("ranking", "index")
+#: the fields of `CoreSettings`: the core sections' fields, and the few bounds on the state the core keeps that
+#: are documented with the worker (`_doc(core=True)`)
+CORE_FIELDS: Final = tuple(f.name for f in fields(Settings)
+                           if f.metadata["section"] in CORE_SECTIONS or f.metadata["core"])
+
+#: The settings the core receives: the ranking and index settings, and the bounds of the state it keeps, as
+#: a frozen dataclass with the same field names, types and defaults as `Settings` (built from its fields, so
+#: the two cannot drift). `Settings.core()` makes one; `CoreSettings()` alone gives the defaults (tests).
+#: `core_settings` accepts either, so callers of the core may hand it the whole `Settings`.
+CoreSettings = dataclasses.make_dataclass(
+    "CoreSettings",
+    [(f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                        metadata=f.metadata))
+     for f in fields(Settings) if f.name in CORE_FIELDS],
+    frozen=True,
+    namespace={"__module__": __name__,
+               "replace": lambda self, **changes: dataclasses.replace(self, **changes)},
+)
+
+
+def core_settings(settings: Settings | CoreSettings) -> CoreSettings:  # type: ignore[valid-type]
+    """`settings` as the core receives them: a `Settings` is cut down to its core fields (`Settings.core`)."""
+    return settings.core() if isinstance(settings, Settings) else settings
 
 
 def _unknown(key: str, where: str, candidates: list[str]) -> SettingsError:

@@ -36,7 +36,7 @@ from stream_reco.core.events import CATEGORY_SEP
 from stream_reco.core.interests import MIN_NORM
 from stream_reco.core.state import CODE_TYPES, POSITIVE_CODES, VisitorState, event_weight
 from stream_reco.core.stats import GLOBAL, CoVisitation, Popularity, SessionIndex
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings
 
 if TYPE_CHECKING:
     from stream_reco.core.items import ItemCatalog
@@ -111,7 +111,7 @@ class CandidatePool:
         return m
 
 
-def session_vector(state: VisitorState, catalog: ItemCatalog, now_ms: int, settings: Settings) -> np.ndarray | None:
+def session_vector(state: VisitorState, catalog: ItemCatalog, now_ms: int, settings: CoreSettings) -> np.ndarray | None:
     """Recency- and event-weighted mean of the current session's item vectors (unit), None without any.
 
     Computed from the history on demand, so items the catalogue learns about after they were viewed
@@ -136,7 +136,7 @@ def ann_candidates(
     now_ms: int,
     n: int,
     exclude: Sequence[str],
-    settings: Settings,
+    settings: CoreSettings,
     min_per_query: int = 1,
 ) -> int:
     """Neighbours of the session vector and of each live interest, one batched search.
@@ -231,7 +231,7 @@ def sknn_candidates(
     sessions: SessionIndex,
     now_ms: int,
     n: int,
-    settings: Settings,
+    settings: CoreSettings,
 ) -> None:
     """The best `n` items of the `sknn_neighbours` recent sessions most similar to the current one."""
     hist = state.session_history(now_ms, settings)
@@ -256,7 +256,7 @@ def _best_first(kv: tuple[str, float]) -> tuple[float, str]:
 
 
 def popular_categories(
-    state: VisitorState, now_ms: int, page_category: str | None, settings: Settings
+    state: VisitorState, now_ms: int, page_category: str | None, settings: CoreSettings
 ) -> list[tuple[str, float]]:
     """(category path, weight) whose best-sellers to fetch: session categories, the page's, global."""
     counts = state.session_category_counts(now_ms, settings)
@@ -280,7 +280,7 @@ def popular_candidates(
     now_ms: int,
     page_category: str | None,
     n: int,
-    settings: Settings,
+    settings: CoreSettings,
     min_per_category: int = 1,
 ) -> None:
     """Best-sellers of the visitor's categories, each list scaled by its own best, times its weight.
@@ -373,7 +373,7 @@ def gather(
     n: int,
     exclude: Sequence[str],
     page_category: str | None,
-    settings: Settings,
+    settings: CoreSettings,
     n_anchors: int,
     k: int,
     sessions: SessionIndex | None = None,
@@ -393,7 +393,7 @@ def gather(
     return pool
 
 
-def blend(pool: CandidatePool, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+def blend(pool: CandidatePool, settings: CoreSettings) -> tuple[np.ndarray, np.ndarray]:
     """Blended score per candidate and the index of the source that contributed most to it."""
     m = pool.source_matrix()
     w = np.array([settings.weight_ann, settings.weight_covis, settings.weight_popular, settings.weight_recent,

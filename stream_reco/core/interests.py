@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings
 
 #: milliseconds per hour (half-lives are set in hours)
 MS_PER_HOUR = 3_600_000
@@ -81,7 +81,7 @@ def update_interests(
     vector: np.ndarray,
     weight: float,
     timestamp: int,
-    settings: Settings,
+    settings: CoreSettings,
 ) -> None:
     """Fold one item vector with a signed weight into the interest list, in place.
 

@@ -55,7 +55,7 @@ import numpy as np
 from stream_reco.core.content import ContentEncoder, Feature, FeatureProjector, item_features
 from stream_reco.core.events import CatalogItem
 from stream_reco.core.index import AnnoyIndex, ExactIndex
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings, Settings, core_settings
 
 if TYPE_CHECKING:
     from stream_reco.model.artifact import ModelArtifact
@@ -201,7 +201,8 @@ class _Space:
 class ItemCatalog:
     """Catalog metadata, item vectors and top-k search; see the module docstring for the design."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: CoreSettings | Settings) -> None:
+        settings = core_settings(settings)
         self.settings = settings
         self._encoder = ContentEncoder(settings.embedding_dim, settings.seed)
         self._items: dict[str, CatalogItem] = {}

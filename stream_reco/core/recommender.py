@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from stream_reco.core import explain
+from stream_reco.core import explain, login
 from stream_reco.core.candidates import (
     SESSION_QUERY,
     SOURCE_ANN,
@@ -48,7 +48,7 @@ from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, defaul
 from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight, leaf_of
 from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
 from stream_reco.core.stats_context import StatsContext, StatsContexts, event_hash
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings, Settings, core_settings
 
 if TYPE_CHECKING:
     from stream_reco.core.items import ItemCatalog
@@ -117,10 +117,11 @@ class Recommender:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CoreSettings | Settings,
         catalog: ItemCatalog | None = None,
         store: VisitorStore | None = None,
     ) -> None:
+        settings = core_settings(settings)  # the core never holds connection, security or tool settings
         if catalog is None:
             from stream_reco.core.items import ItemCatalog
 
@@ -183,14 +184,18 @@ class Recommender:
             ts = min(ts, self.clock + MAX_CLOCK_STEP_MS)
         return max(ts, 0)
 
-    def observe(self, event: Event, now_ms: int | None = None, learn_stats: bool = True) -> bool:
+    def observe(self, event: Event, now_ms: int | None = None, learn_stats: bool = True,
+                store: VisitorStore | None = None) -> bool:
         """Learn one event: visitor state and shop statistics. False (and no change) for a duplicate.
 
         The event is applied at `applied_time(event, now_ms)` (`last_applied_ms` says when), which is its
         own timestamp unless it runs ahead of the shop clock or of `now_ms`. With `learn_stats=False` only the
         visitor state (and the shop clock) moves: co-visitation, popularity and the session index are left
-        alone, because the statistics feed already counted the event (`learn_stats`).
+        alone, because the statistics feed already counted the event (`learn_stats`). `store`: where this
+        event's visitor states are read and written, when not `self.store` (a worker passes a view of its table
+        that knows the event's partition, stream/store.py).
         """
+        store = self.store if store is None else store
         at = self.applied_time(event, now_ms)
         if at != event.timestamp:
             event = dataclasses.replace(event, timestamp=at)
@@ -198,21 +203,20 @@ class Recommender:
         else:
             clamped = False
         key = event.visitor_key
-        state = self.store.get(key)
+        state = store.get(key)
         merged = False
         if event.user_id and event.session_id and event.session_id != key:
-            anon = self.store.get(event.session_id)
-            if anon is not None and anon.user_id is None:
-                state = state if state is not None else VisitorState()
-                state.merge(anon, self.settings)
-                self._forget(event.session_id)
+            anon = store.get(event.session_id)
+            if anon is not None and login.joinable(anon):  # the session lives here: join it at once
+                state = login.join(state, anon, event.user_id, self.settings)
+                login.forget(store, event.session_id)
                 merged = True
         if state is None:
             state = VisitorState()
         if state.has_seen_event(event.event_id):
             self.n_duplicates += 1
             if merged:
-                self.store.put(key, state)
+                store.put(key, state)
             return False
 
         item = self.catalog.get(event.item_id)
@@ -230,7 +234,7 @@ class Recommender:
             self._keep_suppressions(state, suppressions)
         if learn_stats and event.event_type != "dismiss" and self.settings.weight_sknn > 0 and in_session:
             self.sessions.add(key, state.session_start, event.item_id)
-        self.store.put(key, state)
+        store.put(key, state)
         self.n_observed += 1
         self.n_clamped += clamped
         self.clock = at if self.clock is None else max(self.clock, at)
@@ -312,13 +316,6 @@ class Recommender:
         self.popularity.add(
             event.item_id, category, abs(event_weight(self.settings, event.event_type)), int(event.timestamp)
         )
-
-    def _forget(self, key: str) -> None:
-        delete = getattr(self.store, "delete", None)
-        if callable(delete):
-            delete(key)
-        else:
-            self.store.put(key, VisitorState())
 
     # --- recommending ---
 
@@ -522,7 +519,7 @@ class _Cap:
         self.leaves: dict[tuple[str, ...], int] = {}  # leaf category -> code
 
     @classmethod
-    def of(cls, settings: Settings, k: int, catalog: ItemCatalog) -> _Cap:
+    def of(cls, settings: CoreSettings, k: int, catalog: ItemCatalog) -> _Cap:
         share = settings.max_category_share
         if share <= 0:
             return cls(0, 0, None)

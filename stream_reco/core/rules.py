@@ -21,7 +21,7 @@ import numpy as np
 from stream_reco.core.events import CATEGORY_SEP, CatalogItem
 from stream_reco.core.limits import category_key
 from stream_reco.core.state import MS_PER_DAY, VisitorState
-from stream_reco.settings import Settings, SettingsError
+from stream_reco.settings import CoreSettings, SettingsError
 
 if TYPE_CHECKING:
     from stream_reco.core.items import ItemCatalog
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 class RuleContext:
     """What a rule may look at besides the candidates themselves."""
 
-    settings: Settings
+    settings: CoreSettings
     catalog: ItemCatalog
     state: VisitorState
     now_ms: int
@@ -227,7 +227,7 @@ class ExcludeInteracted:
         return _mask([i not in s.seen and not s.has_purchased(i) and not s.has_dismissed(i) for i in batch.ids])
 
 
-def default_rules(settings: Settings) -> list[Rule]:
+def default_rules(settings: CoreSettings) -> list[Rule]:
     """The pipeline the settings ask for: hard filters always, the rest when configured."""
     rules: list[Rule] = [Recommendable(), NotDismissed(), NotPurchased(), ExcludeInteracted()]
     if settings.purchase_suppress_days > 0:

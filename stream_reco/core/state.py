@@ -49,7 +49,7 @@ from stream_reco.core.interests import (
     update_interests,
 )
 from stream_reco.core.limits import MAX_SESSION_CATEGORIES, optional_category_key
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings
 
 #: compact codes of event types in the stored history (keeps to_bytes small)
 EVENT_CODES: dict[str, int] = {"view": 0, "add_to_cart": 1, "purchase": 2, "dismiss": 3}
@@ -79,7 +79,7 @@ class StateError(ValueError):
     """Stored visitor state bytes cannot be read back."""
 
 
-def event_weight(settings: Settings, event_type: str) -> float:
+def event_weight(settings: CoreSettings, event_type: str) -> float:
     """Pull of one event on the visitor's interests (negative for a dismissal), from the settings."""
     return float(getattr(settings, f"weight_{event_type}", settings.weight_view))
 
@@ -180,16 +180,16 @@ class VisitorState:
                 self._added += 4 * (BLOOM_BITS // 8 + 2) // 3 + ENTRY_OVERHEAD
             self.owned_filter.add(kind, key)
 
-    def session_active(self, now_ms: int, settings: Settings) -> bool:
+    def session_active(self, now_ms: int, settings: CoreSettings) -> bool:
         return self.n_events > 0 and now_ms - self.last_seen <= settings.session_gap_s * MS_PER_SECOND
 
-    def session_history(self, now_ms: int, settings: Settings) -> list[tuple[str, int, int]]:
+    def session_history(self, now_ms: int, settings: CoreSettings) -> list[tuple[str, int, int]]:
         """Interactions of the current session, oldest first; empty once the session has timed out."""
         if not self.session_active(now_ms, settings):
             return []
         return [h for h in self.history if h[1] >= self.session_start]
 
-    def session_category_counts(self, now_ms: int, settings: Settings) -> dict[str, int]:
+    def session_category_counts(self, now_ms: int, settings: CoreSettings) -> dict[str, int]:
         return dict(self.session_categories) if self.session_active(now_ms, settings) else {}
 
     def recent_items(self, n: int, positive_only: bool = True) -> list[tuple[str, int, int]]:
@@ -205,16 +205,16 @@ class VisitorState:
                 break
         return out
 
-    def suppressed_categories(self, now_ms: int, settings: Settings) -> list[str]:
+    def suppressed_categories(self, now_ms: int, settings: CoreSettings) -> list[str]:
         """Category paths of purchases within `purchase_suppress_days` (sorted, so deterministic)."""
         window = settings.purchase_suppress_days * MS_PER_DAY
         return sorted(c for c, t in self.purchase_categories.items() if now_ms - t < window)
 
-    def interest_weights(self, now_ms: int, settings: Settings) -> list[float]:
+    def interest_weights(self, now_ms: int, settings: CoreSettings) -> list[float]:
         half_life = settings.interest_half_life_h * MS_PER_HOUR
         return [it.weight_at(now_ms, half_life) for it in self.interests]
 
-    def profile_vector(self, now_ms: int, settings: Settings) -> np.ndarray | None:
+    def profile_vector(self, now_ms: int, settings: CoreSettings) -> np.ndarray | None:
         """The single long-term embedding: the weight-averaged interests (unit), None without any."""
         if not self.interests:
             return None
@@ -226,7 +226,7 @@ class VisitorState:
     def apply(
         self,
         event: Event,
-        settings: Settings,
+        settings: CoreSettings,
         vector: np.ndarray | None = None,
         category: str | None = None,
     ) -> None:
@@ -289,7 +289,7 @@ class VisitorState:
             update_interests(self.interests, vector, event_weight(settings, event.event_type) * late_by, now, settings)
         self.keep_within(settings.max_state_bytes)
 
-    def _roll_session(self, event: Event, settings: Settings) -> None:
+    def _roll_session(self, event: Event, settings: CoreSettings) -> None:
         """Start a new session after `session_gap_s` of inactivity or when the session id changes."""
         ts = int(event.timestamp)
         new_id = event.session_id is not None and self.session_id is not None and event.session_id != self.session_id
@@ -298,12 +298,12 @@ class VisitorState:
             self.session_start = ts
             self.session_categories = {}
 
-    def _forget_old_purchase_categories(self, settings: Settings) -> None:
+    def _forget_old_purchase_categories(self, settings: CoreSettings) -> None:
         window = settings.purchase_suppress_days * MS_PER_DAY
         for c in [c for c, t in self.purchase_categories.items() if self.last_seen - t >= window]:
             del self.purchase_categories[c]
 
-    def merge(self, other: VisitorState, settings: Settings) -> None:
+    def merge(self, other: VisitorState, settings: CoreSettings) -> None:
         """Join an anonymous session's state into this (user) state, e.g. on login.
 
         Histories interleave by time (then capped), owned-item sets and dedup ids are united, the other
@@ -514,7 +514,7 @@ class VisitorState:
         return _deep_size(self)
 
 
-def state_bytes_bound(settings: Settings) -> int:
+def state_bytes_bound(settings: CoreSettings) -> int:
     """The guaranteed upper bound of `len(VisitorState.to_bytes())` for a state the core updated under
     `settings`: `max_state_bytes`, or the untrimmable floor if that is larger (user and session ids at the
     schema's 256 characters, the page category key, `max_interests` vectors and the owned-items filter;

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 from stream_reco.core.events import Event
 from stream_reco.core.state import EVENT_CODES, MS_PER_SECOND
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings
 
 #: visitors whose context is kept (least recently active dropped first). Why 100 000: as many visitors as the
 #: session-kNN index keeps sessions by default (`sknn_max_sessions`), i.e. a busy shop's visitors active within
@@ -88,7 +88,7 @@ class StatsContexts:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CoreSettings,
         max_visitors: int = DEFAULT_MAX_VISITORS,
     ) -> None:
         self.max_visitors = max(1, int(max_visitors))

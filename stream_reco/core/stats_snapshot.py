@@ -58,7 +58,7 @@ from stream_reco.core.stats import (
     _TopTracker,
 )
 from stream_reco.core.stats_context import DEFAULT_MAX_VISITORS, StatsContext, StatsContexts
-from stream_reco.settings import Settings
+from stream_reco.settings import CoreSettings
 
 if TYPE_CHECKING:
     from stream_reco.core.recommender import Recommender
@@ -340,7 +340,7 @@ def _groups(flat: list[Any], counts: list[int]) -> Iterable[list[Any]]:
     return (list(islice(it, c)) for c in counts)
 
 
-def load(data: bytes, settings: Settings, max_visitors: int = DEFAULT_MAX_VISITORS) -> Snapshot:
+def load(data: bytes, settings: CoreSettings, max_visitors: int = DEFAULT_MAX_VISITORS) -> Snapshot:
     """Read a snapshot written by `dump`; caps come from `settings` (and `max_visitors` for the contexts).
 
     Raises `SnapshotError` for anything that is not a complete, intact snapshot of `FORMAT_VERSION`.
@@ -359,7 +359,8 @@ def load(data: bytes, settings: Settings, max_visitors: int = DEFAULT_MAX_VISITO
             gc.enable()
 
 
-def _build(header: dict[str, Any], arrays: dict[str, np.ndarray], settings: Settings, max_visitors: int) -> Snapshot:
+def _build(header: dict[str, Any], arrays: dict[str, np.ndarray], settings: CoreSettings,
+           max_visitors: int) -> Snapshot:
     from stream_reco.core.recommender import COVIS_BACKWARD_WEIGHT
 
     names = _names(header, arrays)

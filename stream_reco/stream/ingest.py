@@ -139,8 +139,6 @@ class Ingest:
             return
         # the core applies the event at most at this ceiling (admission already refused anything beyond it)
         ceiling = admission.ceiling_ms(reference, settings.max_clock_skew_s)
-        self.store.current_key = event.visitor_key
-        self.store.partition = msg.partition
         # the statistics feed or a snapshot may have counted this event's statistics before the worker took the
         # partition (stream/stats_feed.py): then only the visitor's state learns it
         learn_stats = self.recovery.learns(msg.partition, msg.offset)
@@ -154,11 +152,10 @@ class Ingest:
             return
         recommender = shadow or self.recommender
         forward = self.forwarder.needs_join_request(event, msg.partition, recommender)
-        self.store.only_partition = msg.partition
-        try:
-            observed = recommender.observe(event, now_ms=ceiling, learn_stats=learn_stats)
-        finally:
-            self.store.only_partition = None
+        # the table as this event sees it: its visitor's state goes to its partition, other partitions' visitors
+        # are invisible (a login's session there is joined over the joins topic); a shadow has its own store
+        view = self.store.for_event(event.visitor_key, msg.partition, only_partition=True) if shadow is None else None
+        observed = recommender.observe(event, now_ms=ceiling, learn_stats=learn_stats, store=view)
         if not observed:
             self.stats.counts["duplicates"] += 1
             return

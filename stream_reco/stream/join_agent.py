@@ -65,18 +65,15 @@ class JoinForwarder:
         session_partition = joins.partition_of(request.session_id, self.settings.partitions)
         if local and session_partition in self.active_partitions and self.applied_upto(session_partition) >= (
                 await self.log_end(session_partition)):
-            self.store.current_key, self.store.partition = request.session_id, session_partition
-            outcome = joins.apply(request, self.store, self.settings)
+            session_view = self.store.for_event(request.session_id, session_partition)
+            outcome = joins.apply(request, session_view, self.settings)
             if outcome.join_state is not None:
-                self.store.current_key, self.store.partition = request.user_id, partition
-                joins.apply(outcome.join_state, self.store, self.settings)
+                joins.apply(outcome.join_state, self.store.for_event(request.user_id, partition), self.settings)
                 self.stats.counts["joins_local"] += 1
             for state_key, state_value in outcome.send:  # a no-op when consumed; a restart's recovery reads it
                 await self.joins_topic.send(key=state_key, value=state_value)
             if outcome.delete is not None:  # the user holds the session now: its own state goes (P(s)'s changelog)
-                self.store.current_key, self.store.partition = request.session_id, session_partition
-                joins.forget(self.store, outcome.delete)
-            self.store.current_key, self.store.partition = event.visitor_key, partition
+                joins.forget(session_view, outcome.delete)
             return
         await self.joins_topic.send(key=key, value=value)
         self.stats.counts["join_requests"] += 1
@@ -189,16 +186,14 @@ class JoinAgent:
 
     async def _control(self, msg: Any, control: joins.Control) -> None:
         """Apply a validated join record (stream/joins.py) on the partition of its key; publish after a merge."""
-        self.store.current_key = control.key
-        self.store.partition = msg.partition
-        outcome = joins.apply(control, self.recommender.store, self.settings)
+        view = self.store.for_event(control.key, msg.partition)  # the record's key lives on its partition
+        outcome = joins.apply(control, view, self.settings)
         for key, value in outcome.send:
             delivered = await self.joins_topic.send(key=key, value=value)
             if outcome.delete is not None:
                 await delivered  # the session goes only once its state is safely on the joins topic
         if outcome.delete is not None:
-            joins.forget(self.recommender.store, outcome.delete)  # current_key/partition: the session's
+            joins.forget(view, outcome.delete)  # the session's tombstone, on its partition
         self.stats.counts[control.kind] += 1
         if outcome.republish is not None:
-            self.store.current_key = control.user_id
             await self.ingest.publish(control.user_id, outcome.republish)

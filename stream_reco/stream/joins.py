@@ -55,6 +55,7 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream_reco import schemas
+from stream_reco.core import login
 from stream_reco.core.bloom import BloomFilter
 from stream_reco.core.events import Event
 from stream_reco.core.recommender import VisitorStore
@@ -229,14 +230,8 @@ class Outcome:
     delete: str | None = None
 
 
-def forget(store: VisitorStore, key: str) -> None:
-    """Delete a visitor from `store` (`Outcome.delete`, after the send): a tombstone where the store can delete,
-    else an empty state (which a join request takes for "nothing to forward")."""
-    delete = getattr(store, "delete", None)
-    if callable(delete):
-        delete(key)
-    else:
-        store.put(key, VisitorState())
+#: delete a visitor from a store (`Outcome.delete`, after the send); the core's, so both joins forget alike
+forget = login.forget
 
 
 def apply(control: Control, store: VisitorStore, settings: Settings) -> Outcome:
@@ -249,7 +244,7 @@ def apply(control: Control, store: VisitorStore, settings: Settings) -> Outcome:
     request sends the same join state again, which the user's side ignores (the join's id is remembered)."""
     if control.kind == JOIN_REQUEST:
         anon = store.get(control.session_id)
-        if anon is None or anon.user_id is not None or anon.n_events == 0:
+        if not login.joinable(anon) or anon.n_events == 0:  # type: ignore[union-attr]
             return Outcome()  # unknown, already joined, or not anonymous: nothing to forward
         value = encode(JOIN_STATE, control.session_id, control.user_id, control.login_event_id, control.timestamp,
                        anon)
@@ -257,13 +252,11 @@ def apply(control: Control, store: VisitorStore, settings: Settings) -> Outcome:
                            control.timestamp, anon)
         return Outcome(send=((control.user_id.encode(), value),), join_state=followup,
                        delete=control.session_id)
-    state = store.get(control.user_id) or VisitorState()
-    if state.has_seen_event(control.join_id) or control.state is None:
+    if control.state is None:
+        return Outcome()
+    state = login.join(store.get(control.user_id), control.state, control.user_id, settings,
+                       join_id=control.join_id)
+    if state is None:
         return Outcome()  # a redelivered join state
-    state.merge(control.state, settings)
-    state.user_id = state.user_id or control.user_id
-    state.event_ids.append(control.join_id)
-    if len(state.event_ids) > settings.dedup_window:
-        del state.event_ids[: len(state.event_ids) - settings.dedup_window]
     store.put(control.user_id, state)
     return Outcome(republish=control.trigger())

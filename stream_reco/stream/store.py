@@ -31,9 +31,10 @@ LATEST_LISTS_CAP = 20_000
 class TableStore:
     """The core's `VisitorStore` backed by a faust table, so visitor state has a changelog.
 
-    `partition` is set by the agent to the partition of the event being applied: state for that event's
-    visitor (`current_key`) is written to the matching changelog partition. Other keys (a session joined to a
-    user on login) are placed with Kafka's default partitioner, as a shop's producer would key them.
+    A state is written to the changelog partition Kafka's default partitioner gives its key, as a shop's
+    producer keys events; the state of the visitor whose event is being applied goes to that event's own
+    partition instead (`for_event`), because in a batch faust's "current event" is not the event whose state
+    is being written, and a shop may partition its events otherwise.
 
     A state whose bytes exceed `max_state_bytes` is never written: the broker would refuse it (or drop it
     silently), and the table and its changelog would disagree from then on. The visitor keeps its previous
@@ -47,23 +48,21 @@ class TableStore:
         #: states not written because they were too large
         self.oversized = 0
         self.partitions = list(range(partitions))
-        self.partition: int | None = None
-        self.current_key: str | None = None
-        #: while the core applies an event, only visitors of the event's partition are visible (stream/joins.py)
-        self.only_partition: int | None = None
         self._partitioner = DefaultPartitioner()
         #: one decode per visitor and batch instead of one per read (state.DecodedStates)
         self.decoded = DecodedStates()
 
+    def for_event(self, key: str, partition: int, only_partition: bool = False) -> EventView:
+        """The table as the event of visitor `key` on `partition` sees it (`EventView`)."""
+        return EventView(self, key, partition, only_partition)
+
     def get(self, key: str) -> VisitorState | None:
-        if self.only_partition is not None and key != self.current_key and self._partitioner(
-                key.encode(), self.partitions, self.partitions) != self.only_partition:
-            return None  # another partition's visitor (maybe another worker's): logins are forwarded instead
         kb = key.encode()
         raw = self.table.data.get(kb)
         return self.decoded.get(kb, raw) if raw else None
 
-    def put(self, key: str, state: VisitorState) -> None:
+    def put(self, key: str, state: VisitorState, partition: int | None = None) -> None:
+        """Write `key`'s state to the table and to the changelog `partition` (default: the key's own)."""
         kb = key.encode()
         value = state.to_bytes()
         if len(value) > self.max_state_bytes:
@@ -74,25 +73,50 @@ class TableStore:
             return
         self.table.data[kb] = value
         self.decoded.remember(kb, value, state)
-        self.table.send_changelog(self._partition_for(key, kb), kb, value)
+        self.table.send_changelog(self.partition_of(kb) if partition is None else partition, kb, value)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, partition: int | None = None) -> None:
+        """Remove `key`, with a tombstone on the changelog `partition` (default: the key's own)."""
         kb = key.encode()
         self.decoded.forget(kb)
         if self.table.data.pop(kb, None) is not None:
-            self.table.send_changelog(self._partition_for(key, kb), kb, None)
+            self.table.send_changelog(self.partition_of(kb) if partition is None else partition, kb, None)
 
     def partition_of(self, kb: bytes) -> int:
         """The partition Kafka's default partitioner gives the key `kb` (a shop's producer keys events so)."""
         return self._partitioner(kb, self.partitions, self.partitions)
 
-    def _partition_for(self, key: str, kb: bytes) -> int:
-        if key == self.current_key and self.partition is not None:
-            return self.partition
-        return self.partition_of(kb)
-
     def __len__(self) -> int:
         return len(self.table.data)
+
+
+class EventView:
+    """The visitor table as one event (of visitor `key`, on events `partition`) sees it: a `VisitorStore` the
+    worker hands the core with the event (`Recommender.observe(store=...)`), so the partition travels as an
+    argument instead of being set on the shared table.
+
+    `key`'s state is written to `partition`; other keys (a session joined to its user) to their own. With
+    `only_partition`, other keys of other partitions read as absent: their state may be another worker's, and
+    a login whose session lives elsewhere is joined over the joins topic instead (stream/joins.py)."""
+
+    __slots__ = ("key", "only_partition", "partition", "table")
+
+    def __init__(self, table: TableStore, key: str, partition: int, only_partition: bool = False) -> None:
+        self.table = table
+        self.key = key
+        self.partition = partition
+        self.only_partition = only_partition
+
+    def get(self, key: str) -> VisitorState | None:
+        if self.only_partition and key != self.key and self.table.partition_of(key.encode()) != self.partition:
+            return None  # another partition's visitor (maybe another worker's): logins are forwarded instead
+        return self.table.get(key)
+
+    def put(self, key: str, state: VisitorState) -> None:
+        self.table.put(key, state, self.partition if key == self.key else None)
+
+    def delete(self, key: str) -> None:
+        self.table.delete(key, self.partition if key == self.key else None)
 
 
 class WorkerStats:

@@ -66,7 +66,6 @@ class VisitorSweep:
                 except Exception:  # a state the core cannot read is not this sweep's business
                     continue
                 if last_seen < oldest:
-                    self.store.current_key = None  # the tombstone goes to the key's own partition
                     self.store.delete(kb.decode("utf-8", "replace"))
                     self.latest_lists.pop(kb.decode("utf-8", "replace"), None)
                     self.stats.counts["visitors_expired"] += 1

@@ -187,7 +187,7 @@ def test_the_ttl_sweep_deletes_expired_visitors_a_bounded_number_per_tick(
     assert sorted(k.decode() for k in worker.visitors.data) == [f"new-{i}" for i in range(6)]
     assert sorted(k.decode() for _, k, v in sent if v is None) == [f"old-{i}" for i in range(6)], "tombstones"
     for partition, key, _ in sent:
-        assert partition == worker.store._partition_for(key.decode(), key), "each on its own changelog partition"
+        assert partition == worker.store.partition_of(key), "each on its own changelog partition"
     assert worker.stats.counts["visitors_expired"] == 6
 
 
@@ -205,7 +205,7 @@ def test_the_ttl_sweep_leaves_other_workers_partitions_and_can_be_turned_off(tmp
     for _ in range(3):
         asyncio.run(worker.sweep.sweep_visitors())
     gone = {k.decode() for _, k, _ in sent}
-    mine = {k for k in keys if worker.store._partition_for(k, k.encode()) == 0}
+    mine = {k for k in keys if worker.store.partition_of(k.encode()) == 0}
     assert gone == mine and 0 < len(mine) < len(keys)
 
     off, _, _ = make_worker(tmp_path, visitor_ttl_days=0)
