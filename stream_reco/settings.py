@@ -136,6 +136,9 @@ class Settings:
     web_host: str = _doc(
         "127.0.0.1", "address the worker's HTTP server binds (0.0.0.0 inside containers)", "worker")
     web_port: int = _doc(6066, "HTTP port of the worker (GET /recommendations/{id}); 0 disables it", "worker")
+    web_advertised_host: str = _doc(
+        "", "host name or address other workers reach this worker's HTTP server at: a pull for a visitor another "
+        "worker owns is forwarded there (empty: this machine's host name; a pod IP in Kubernetes)", "worker")
     coalesce_ms: int = _doc(5, "a burst of events from one visitor within this window yields one list", "worker")
     batch_size: int = _doc(256, "most events one worker step takes from the stream at once", "worker")
     commit_interval_s: float = _doc(1.0, "how often processed offsets are committed", "worker")
@@ -153,6 +156,10 @@ class Settings:
         300.0, "how often a worker snapshots its shop-wide statistics to data_dir/snapshots (also at a clean stop); a "
         "restart replays only the events after the snapshot; a snapshot holds events back ~1-3 s per million "
         "events learned; 0 turns snapshots off", "worker")
+    pushed_lists_max_visitors: int = _doc(
+        100_000, "visitors whose current pushed list a worker remembers, so that a list showing an item that goes out "
+        "of stock or is deleted is republished without it (~0.7 kB each; least recently published dropped: their "
+        "list is corrected at their next event)", "worker")
     stats_feed_max_visitors: int = _doc(
         50_000, "visitors of other workers' partitions whose last items the statistics feed keeps for co-visitation "
         "(least recently seen dropped; ~2-3 kB each)", "worker")

@@ -47,10 +47,12 @@ from stream_reco.stream.ingest import Ingest
 from stream_reco.stream.join_agent import JoinAgent, JoinForwarder
 from stream_reco.stream.log_reader import LogEnds
 from stream_reco.stream.model_watch import ModelWatch
+from stream_reco.stream.pushed import PushedLists
 from stream_reco.stream.recovery import StatsRecovery
+from stream_reco.stream.refresh import StockRefresh
 from stream_reco.stream.repairs import RECOVERY_WATCH_S, Repairs
 from stream_reco.stream.stats_feed import StatsFeed
-from stream_reco.stream.store import CHANGELOG_MAX_BYTES, LatestLists, TableStore, WorkerStats
+from stream_reco.stream.store import CHANGELOG_MAX_BYTES, TableStore, WorkerStats
 from stream_reco.stream.sweep import SWEEP_INTERVAL_S, VisitorSweep
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,8 @@ def make_app(settings: Settings) -> faust.App:
         web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066,
         web_bind=settings.web_host,
+        # where the other workers forward pulls for this worker's visitors (stream/http_view.py)
+        **({"web_host": settings.web_advertised_host} if settings.web_advertised_host else {}),
         datadir=str(datadir),
     )
     faust_internals.install_fetch_max_wait(app, FETCH_MAX_WAIT_MS)
@@ -148,7 +152,8 @@ class RecoWorker:
 
         # --- state the parts share, handed to each ----------------------------------------------------
         self.stats = WorkerStats()
-        self.latest_lists = LatestLists()
+        #: which items each visitor's current pushed list shows (stock refresh)
+        self.pushed = PushedLists(settings.pushed_lists_max_visitors)
         #: one step at a time applies events: a batch, a join record, the repair of skipped ones, a sweep
         self.apply_lock = asyncio.Lock()
         #: set once the agent applies events (after the catalogue wait): delivery checks and sweeps start then
@@ -174,18 +179,20 @@ class RecoWorker:
         self.join_forwarder = JoinForwarder(settings, app, self.store, self.recovery, self.log_ends, self.stats,
                                             self.joins_topic, self.active_partitions)
         self.ingest = Ingest(settings, self.recommender, self.store, self.recovery, self.join_forwarder,
-                             self.stats, self.latest_lists, self.recommendations_topic, self.dead_letter_topic,
+                             self.stats, self.pushed, self.recommendations_topic, self.dead_letter_topic,
                              self.apply_lock)
         self.join_agent = JoinAgent(settings, app, self.recommender, self.store, self.recovery,
                                     self.join_forwarder, self.ingest, self.stats, self.joins_topic,
                                     self.apply_lock, self.applying)
-        self.catalog_feed = CatalogFeed(settings, self.recommender, self.stats, self.ingest.dead_letter)
+        self.stock_refresh = StockRefresh(self.pushed, self.ingest.refresh, self._owns, self.apply_lock, self.stats)
+        self.catalog_feed = CatalogFeed(settings, self.recommender, self.stats, self.ingest.dead_letter,
+                                        self.stock_refresh.withdrawn)
         self.model_watch = ModelWatch(settings, self.recommender, self.stats, self.catalog_feed.ready)
         self.repairs = Repairs(settings, app, self.recovery, self.log_ends, self.stats, self.apply_lock,
                                self.applying, self.active_partitions, self.ingest.apply_alone)
-        self.sweep = VisitorSweep(settings, app, self.store, self.latest_lists, self.stats, self.apply_lock,
+        self.sweep = VisitorSweep(settings, app, self.store, self.pushed, self.stats, self.apply_lock,
                                   self.applying, self.active_partitions, lambda: self.ingest.stream_time_ms)
-        self.http_view = HttpView(self.recommender, self.store, self.latest_lists)
+        self.http_view = HttpView(app, self.recommender, self.stats, VISITORS_TABLE)
         self.stats_feed = StatsFeed(settings, lambda: self.recommender, self.feed_contexts, self.recovery.counted,
                                     lambda: self.active_partitions)
 
@@ -197,6 +204,7 @@ class RecoWorker:
         app.agent(self.joins_topic, name="stream_reco.process_joins")(self.join_agent.process)
         app.task(self.catalog_feed.consume)
         app.task(self._run_stats_feed)
+        app.task(self.stock_refresh.run)
         if settings.stats_snapshot_interval_s > 0:
             app.timer(settings.stats_snapshot_interval_s)(guarded(self.save_snapshot))
         app.timer(settings.model_poll_s)(guarded(self.model_watch.watch_model))
@@ -232,6 +240,10 @@ class RecoWorker:
         """Apply every event of the batch in order, then publish one list per visitor touched (stream/ingest.py;
         bench/latency_probe.py wraps this method)."""
         await self.ingest.handle_batch(batch)
+
+    def _owns(self, visitor: str) -> bool:
+        """Whether `visitor`'s events partition is this worker's now."""
+        return self.store.partition_of(visitor.encode()) in self.active_partitions
 
     # --- statistics and rebalances --------------------------------------------------------------------
     async def _run_stats_feed(self) -> None:

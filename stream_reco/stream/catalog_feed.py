@@ -31,12 +31,15 @@ class CatalogFeed:
     """The catalog consumer of one worker, and its readiness (module docstring)."""
 
     def __init__(self, settings: Settings, recommender: Recommender, stats: WorkerStats,
-                 dead_letter: Callable[[Any, bytes | None, schemas.InvalidMessage], Awaitable[None]]) -> None:
-        """`dead_letter` sends a bad catalogue record to the dead-letter topic (stream/ingest.py)."""
+                 dead_letter: Callable[[Any, bytes | None, schemas.InvalidMessage], Awaitable[None]],
+                 withdrawn: Callable[[str], None] = lambda item_id: None) -> None:
+        """`dead_letter` sends a bad catalogue record to the dead-letter topic (stream/ingest.py); `withdrawn` is
+        told of every item that goes out of stock or is deleted after the initial read (stream/refresh.py)."""
         self.settings = settings
         self.recommender = recommender
         self.stats = stats
         self.dead_letter = dead_letter
+        self.withdrawn = withdrawn
         #: set once the initial catalogue read is done and its search index built
         self.ready = asyncio.Event()
 
@@ -77,8 +80,7 @@ class CatalogFeed:
     async def _apply(self, msg: Any) -> None:
         if msg.value is None and msg.key:
             # a tombstone on the compacted catalog topic is Kafka's way of deleting the key's item
-            self.recommender.upsert_item(CatalogItem(item_id=msg.key.decode("utf-8", "replace"), deleted=True))
-            self.stats.counts["catalog_updates"] += 1
+            self._upsert(CatalogItem(item_id=msg.key.decode("utf-8", "replace"), deleted=True))
             return
         raw = msg.value or b""
         try:
@@ -87,8 +89,13 @@ class CatalogFeed:
         except schemas.InvalidMessage as exc:
             await self.dead_letter(msg, raw, exc)
             return
+        self._upsert(item)
+
+    def _upsert(self, item: CatalogItem) -> None:
         self.recommender.upsert_item(item)
         self.stats.counts["catalog_updates"] += 1
+        if (item.deleted or not item.in_stock) and self.ready.is_set():  # before, no list was published
+            self.withdrawn(item.item_id)
 
     async def _end_load(self) -> None:
         """The initial catalogue read is done: build its search index once, and be ready when it is built.

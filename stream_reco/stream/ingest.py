@@ -34,8 +34,9 @@ from stream_reco.core.events import Event, Recommendation
 from stream_reco.core.recommender import Recommender
 from stream_reco.settings import Settings
 from stream_reco.stream import admission, faust_internals
+from stream_reco.stream.pushed import PushedLists
 from stream_reco.stream.recovery import StatsRecovery
-from stream_reco.stream.store import LatestLists, TableStore, WorkerStats
+from stream_reco.stream.store import TableStore, WorkerStats
 
 if TYPE_CHECKING:  # the join agent publishes through this module: imported here for the annotation only
     from stream_reco.stream.join_agent import JoinForwarder
@@ -55,11 +56,17 @@ def list_time(recommender: Recommender, trigger: Event) -> int:
     return int(trigger.timestamp if clock is None else min(trigger.timestamp, clock))
 
 
+def list_time_now(recommender: Recommender) -> int:
+    """The time a list with no trigger (a pull, a stock refresh) is computed at: the shop clock (the latest time
+    an event was applied at), so it reflects the same session as the pushed one; the wall clock before any event."""
+    return int(recommender.clock) if recommender.clock is not None else int(time.time() * 1000)
+
+
 class Ingest:
     """Applies batches of the events topic to the core and publishes the lists (module docstring)."""
 
     def __init__(self, settings: Settings, recommender: Recommender, store: TableStore, recovery: StatsRecovery,
-                 forwarder: JoinForwarder, stats: WorkerStats, latest_lists: LatestLists,
+                 forwarder: JoinForwarder, stats: WorkerStats, pushed: PushedLists,
                  recommendations_topic: Any, dead_letter_topic: Any, apply_lock: asyncio.Lock) -> None:
         """`apply_lock`: one step at a time applies events (a batch, a repair of skipped ones, a join record)."""
         self.settings = settings
@@ -68,7 +75,7 @@ class Ingest:
         self.recovery = recovery
         self.forwarder = forwarder
         self.stats = stats
-        self.latest_lists = latest_lists
+        self.pushed = pushed
         self.recommendations_topic = recommendations_topic
         self.dead_letter_topic = dead_letter_topic
         self.apply_lock = apply_lock
@@ -192,17 +199,28 @@ class Ingest:
                 log.exception("the list of visitor %r (trigger %s) failed; not published", key, event.event_id)
 
     async def publish(self, key: str, trigger: Event, rec: Recommendation | None = None) -> None:
-        """Publish the visitor's list (`rec`, or the live core's now), and keep it for the HTTP view."""
+        """Publish the visitor's list (`rec`, or the live core's now), triggered by `trigger`."""
         if rec is None:
             rec = self.recommender.recommendation(key, now_ms=list_time(self.recommender, trigger), trigger=trigger)
+        await self._send(key, rec, trigger.timestamp)
+        self.stats.counts["lists"] += 1
+
+    async def refresh(self, key: str) -> None:
+        """Publish the visitor's list again with no trigger (stream/refresh.py: an item in it was withdrawn)."""
+        rec = self.recommender.recommendation(key, now_ms=list_time_now(self.recommender))
+        await self._send(key, rec, None)
+
+    async def _send(self, key: str, rec: Recommendation, trigger_ms: float | None) -> None:
+        """Stamp the publication time (and the latency from the trigger's timestamp), send, and remember which
+        items the visitor's current list shows (stream/pushed.py)."""
         doc = rec.to_dict()
         now_ms = time.time() * 1000.0
         doc["generated_at"] = int(now_ms)
-        doc["latency_ms"] = round(max(now_ms - trigger.timestamp, 0.0), 3)
+        if trigger_ms is not None:
+            doc["latency_ms"] = round(max(now_ms - trigger_ms, 0.0), 3)
         value = orjson.dumps(doc)
-        self.latest_lists[key] = value
         await self.recommendations_topic.send(key=key.encode(), value=value)
-        self.stats.counts["lists"] += 1
+        self.pushed.record(key, (item.item_id for item in rec.items))
 
     async def failed(self, msg: Any, raw: bytes | bytearray | None, exc: Exception) -> None:
         """A message whose handling raised: logged, counted and dead-lettered with the exception as the reason."""

@@ -1,5 +1,5 @@
-"""What the worker keeps between events: visitor states in the changelogged faust table (`TableStore`), the
-latest list per visitor for the HTTP view (`LatestLists`) and its counters (`WorkerStats`).
+"""What the worker keeps between events: visitor states in the changelogged faust table (`TableStore`, seen by
+one event through `EventView`) and its counters (`WorkerStats`).
 
 Visitor state lives in a faust table with a changelog topic (`<app_id>-visitors-changelog`), so a restarted or
 rebalanced worker recovers it. The table stores the core's compact `VisitorState.to_bytes()`. Writes go through
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -23,9 +23,6 @@ log = logging.getLogger(__name__)
 
 #: the largest visitor state written to the changelog (settings.py says why)
 CHANGELOG_MAX_BYTES = MAX_CHANGELOG_MESSAGE_BYTES
-#: latest published lists kept for the HTTP view, least recently used dropped first (~1-2 kB each, so tens
-#: of MB at the cap); a visitor past the cap is answered from its recovered state, as after a restart
-LATEST_LISTS_CAP = 20_000
 
 
 class TableStore:
@@ -128,24 +125,3 @@ class WorkerStats:
 
     def snapshot(self) -> dict[str, Any]:
         return {**self.counts, "uptime_s": round(time.monotonic() - self.started, 1)}
-
-
-class LatestLists(OrderedDict[str, bytes]):
-    """The latest list published per visitor, for the HTTP view: at most `cap` (default `LATEST_LISTS_CAP`),
-    least recently used dropped."""
-
-    def __init__(self, cap: int | None = None) -> None:
-        super().__init__()
-        self.cap = LATEST_LISTS_CAP if cap is None else cap
-
-    def get(self, key: str, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
-        value = super().get(key, default)
-        if value is not None:
-            self.move_to_end(key)
-        return value
-
-    def __setitem__(self, key: str, value: bytes) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.cap:
-            self.popitem(last=False)

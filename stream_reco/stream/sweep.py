@@ -16,7 +16,8 @@ import faust
 from stream_reco.core.state import VisitorState
 from stream_reco.settings import Settings
 from stream_reco.stream import faust_internals
-from stream_reco.stream.store import LatestLists, TableStore, WorkerStats
+from stream_reco.stream.pushed import PushedLists
+from stream_reco.stream.store import TableStore, WorkerStats
 
 #: how often the visitor TTL sweep runs, and how many visitors one run examines at most (a run decodes each,
 #: ~30 us: a few tens of ms per run, so the event loop is never held for long; 1 M visitors take ~40 min)
@@ -28,7 +29,7 @@ MS_PER_DAY = 86_400_000
 class VisitorSweep:
     """The TTL sweep of one worker's visitor table (module docstring)."""
 
-    def __init__(self, settings: Settings, app: faust.App, store: TableStore, latest_lists: LatestLists,
+    def __init__(self, settings: Settings, app: faust.App, store: TableStore, pushed: PushedLists,
                  stats: WorkerStats, apply_lock: asyncio.Lock, applying: asyncio.Event, active_partitions: set[int],
                  stream_time_ms: Callable[[], int]) -> None:
         """`applying`: set once the worker applies events; `active_partitions`: its events partitions, kept
@@ -36,7 +37,7 @@ class VisitorSweep:
         self.settings = settings
         self.app = app
         self.store = store
-        self.latest_lists = latest_lists
+        self.pushed = pushed
         self.stats = stats
         self.apply_lock = apply_lock
         self.applying = applying
@@ -67,5 +68,5 @@ class VisitorSweep:
                     continue
                 if last_seen < oldest:
                     self.store.delete(kb.decode("utf-8", "replace"))
-                    self.latest_lists.pop(kb.decode("utf-8", "replace"), None)
+                    self.pushed.forget(kb.decode("utf-8", "replace"))
                     self.stats.counts["visitors_expired"] += 1

@@ -145,16 +145,16 @@ def test_the_state_limit_is_the_changelog_limit_not_the_incoming_message_limit(t
     assert worker.settings.max_state_bytes <= worker.store.max_state_bytes
 
 
-def test_latest_lists_are_bounded_least_recently_used_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "LATEST_LISTS_CAP", 3)
-    worker, _, _ = make_worker(tmp_path)
-    batch = [delivered(i, f"u-{i}", f"e-{i}") for i in range(3)]
-    asyncio.run(worker.handle_batch(batch))
-    assert worker.latest_lists.get("u-0") is not None  # u-0 is now the most recently used
-    asyncio.run(worker.handle_batch([delivered(3, "u-3", "e-3")]))
-    assert len(worker.latest_lists) == 3
-    assert worker.latest_lists.get("u-1") is None, "the least recently used list went"
-    assert all(worker.latest_lists.get(k) is not None for k in ("u-0", "u-2", "u-3"))
+def test_pushed_lists_are_bounded_least_recently_published_first(tmp_path: Path) -> None:
+    worker, lists, _ = make_worker(tmp_path, pushed_lists_max_visitors=3)
+    asyncio.run(worker.handle_batch([delivered(i, f"u-{i}", f"e-{i}") for i in range(3)]))
+    asyncio.run(worker.handle_batch([delivered(3, "u-0", "e-3b")]))  # u-0 is now the most recently published
+    asyncio.run(worker.handle_batch([delivered(4, "u-3", "e-4")]))
+    assert len(worker.pushed) == 3
+    assert worker.pushed.items_of("u-1") is None, "the least recently published went"
+    for key, value in lists.records[-2:]:
+        shown = [item["item_id"] for item in orjson.loads(value)["items"]]
+        assert list(worker.pushed.items_of(key.decode()) or ()) == shown, "the index holds what was published"
 
 
 DAY_MS = 86_400_000
