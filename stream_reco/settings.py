@@ -158,7 +158,7 @@ class Settings:
         "events learned; 0 turns snapshots off", "worker")
     pushed_lists_max_visitors: int = _doc(
         100_000, "visitors whose current pushed list a worker remembers, so that a list showing an item that goes out "
-        "of stock or is deleted is republished without it (~0.7 kB each; least recently published dropped: their "
+        "of stock or is deleted is republished without it (~1 kB each; least recently published dropped: their "
         "list is corrected at their next event)", "worker")
     stats_feed_max_visitors: int = _doc(
         50_000, "visitors of other workers' partitions whose last items the statistics feed keeps for co-visitation "
@@ -217,6 +217,9 @@ class Settings:
     viewed_penalty: float = _doc(
         0.9, "score multiplier for items already viewed in the session (1 = off; re-views are frequent targets)",
         "ranking")
+    max_seen_slots: int = _doc(
+        2, "most of a list's visible slots that items seen in the session may take (0: none; list_size or more: "
+        "no cap); the item of the view that triggered a list is never in it", "ranking")
     mmr_keep_top: int = _doc(3, "list slots filled by relevance alone before MMR diversifies the rest", "ranking")
     overfetch: int = _doc(
         5, "internal: candidates fetched per list slot, so that filtering by the rules still fills the list (an "

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from stream_reco.core.items import ItemCatalog
 
 SOURCE_ANN, SOURCE_COVIS, SOURCE_POPULAR, SOURCE_RECENT, SOURCE_SKNN, SOURCE_FILL = 0, 1, 2, 3, 4, 5
-N_SOURCES = 6
+#: the page's relations (core/placements.py): co-visited with the page's item(s), embedding neighbours of the item
+SOURCE_RELATED, SOURCE_SIMILAR = 6, 7
+N_SOURCES = 8
 #: blend weight of the catalogue sweep's fill (items nobody bought yet, nearest the visitor's category
 #: first): far below every real signal, so a fill item only ever takes a slot no signal could fill
 FILL_WEIGHT = 1e-4
@@ -84,6 +86,10 @@ class CandidatePool:
     recent: dict[str, float] = field(default_factory=dict)  # item -> recency score of the visitor's own item
     sknn: dict[str, float] = field(default_factory=dict)  # item -> summed similarity of neighbour sessions
     fill: dict[str, float] = field(default_factory=dict)  # item -> closeness of its category to the visitor's
+    related: dict[str, float] = field(default_factory=dict)  # item -> co-visits with the page's item(s)
+    related_anchor: dict[str, str] = field(default_factory=dict)  # item -> the page item it was co-visited most with
+    similar: dict[str, float] = field(default_factory=dict)  # item -> cosine to the page's item
+    similar_anchor: dict[str, str] = field(default_factory=dict)  # item -> that page item
 
     def _add(self, item: str) -> None:
         if item not in self.index:
@@ -100,7 +106,8 @@ class CandidatePool:
         """[n, N_SOURCES] scores per source, each source scaled to [0, 1] by its best candidate."""
         m = np.zeros((len(self.ids), N_SOURCES), dtype=np.float64)
         for col, src in ((SOURCE_ANN, self.ann), (SOURCE_COVIS, self.covis), (SOURCE_POPULAR, self.popular),
-                         (SOURCE_RECENT, self.recent), (SOURCE_SKNN, self.sknn), (SOURCE_FILL, self.fill)):
+                         (SOURCE_RECENT, self.recent), (SOURCE_SKNN, self.sknn), (SOURCE_FILL, self.fill),
+                         (SOURCE_RELATED, self.related), (SOURCE_SIMILAR, self.similar)):
             if not src:
                 continue
             rows = np.fromiter((self.index[i] for i in src), dtype=np.int64, count=len(src))
@@ -377,8 +384,13 @@ def gather(
     n_anchors: int,
     k: int,
     sessions: SessionIndex | None = None,
+    recent: bool = True,
 ) -> CandidatePool:
-    """Every enabled source for one visitor, about `n` candidates from each, for a list of `k`."""
+    """Every enabled source for one visitor, about `n` candidates from each, for a list of `k`.
+
+    `recent=False` leaves out the visitor's own recent items (a product or cart shelf shows the page's
+    relations, not what the visitor just looked at).
+    """
     pool = CandidatePool()
     if settings.weight_covis > 0:
         covis_candidates(pool, state, covis, n_anchors, n)
@@ -388,19 +400,35 @@ def gather(
         ann_candidates(pool, state, catalog, now_ms, n, exclude, settings, min_per_query=k)
     if settings.weight_popular > 0 or not pool.ids:
         popular_candidates(pool, state, popularity, now_ms, page_category, n, settings, min_per_category=k)
-    if settings.weight_recent > 0:
+    if recent and settings.weight_recent > 0:
         recent_candidates(pool, state, settings.recent_items, exclude)
     return pool
 
 
-def blend(pool: CandidatePool, settings: CoreSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Blended score per candidate and the index of the source that contributed most to it."""
+def blend(
+    pool: CandidatePool, settings: CoreSettings, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blended score per candidate and the index of the source that contributed most to it.
+
+    `weights` (one per source, `N_SOURCES`; the fill's is ignored) replace the settings' blend weights: a
+    placement other than home weighs the page's relations (core/placements.py).
+    """
     m = pool.source_matrix()
-    w = np.array([settings.weight_ann, settings.weight_covis, settings.weight_popular, settings.weight_recent,
-                  settings.weight_sknn, FILL_WEIGHT], dtype=np.float64)
+    if weights is None:
+        w = np.zeros(N_SOURCES, dtype=np.float64)
+        w[:SOURCE_FILL] = [settings.weight_ann, settings.weight_covis, settings.weight_popular,
+                           settings.weight_recent, settings.weight_sknn]
+    else:
+        w = np.array(weights, dtype=np.float64)
     w = np.maximum(w, 0.0)
-    if not w[:SOURCE_FILL].any():  # all weights off: popularity still has to fill the list
-        w = np.zeros(N_SOURCES)
+    w[SOURCE_FILL] = 0.0
+    if w.any():
+        w[SOURCE_FILL] = FILL_WEIGHT
+    else:  # all weights off: popularity still has to fill the list
         w[SOURCE_POPULAR] = 1.0
     contrib = m * w
-    return contrib.sum(axis=1), np.argmax(contrib, axis=1)
+    # the first sources summed as one contiguous block, exactly as before the page's relations existed (the
+    # same rounding, so home lists did not move by an ulp), then the relations added
+    total = np.ascontiguousarray(contrib[:, :SOURCE_RELATED]).sum(axis=1)
+    total += contrib[:, SOURCE_RELATED:].sum(axis=1)
+    return total, np.argmax(contrib, axis=1)

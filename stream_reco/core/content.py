@@ -4,12 +4,12 @@ A worker without a trained model must still recommend, and a new item must be re
 the catalog announces it. Both need a vector derived from what the catalog says about the item:
 
 * **Feature hashing** (`ContentEncoder`). Each feature of an item (every prefix of its category path, its
-  price band, each attribute value) is hashed, with the settings' seed, into a random unit vector
-  (`hashed_vector`: SHAKE-256 output turned into Gaussian coordinates). An item's vector is the weighted
-  sum of its features' vectors, normalised. Random vectors in 64 dimensions are nearly orthogonal, so
-  items that share features (same leaf category, same brand) end up close and items that share nothing
-  end up nearly orthogonal. The hash never involves Python's randomised `hash()`, so every worker and
-  every run computes the same vector for the same item.
+  price band, each attribute value, each value of a multi-valued attribute) is hashed, with the settings'
+  seed, into a random unit vector (`hashed_vector`: SHAKE-256 output turned into Gaussian coordinates).
+  An item's vector is the weighted sum of its features' vectors, normalised. Random vectors in 64
+  dimensions are nearly orthogonal, so items that share features (same leaf category, same brand) end up
+  close and items that share nothing end up nearly orthogonal. The hash never involves Python's randomised
+  `hash()`, so every worker and every run computes the same vector for the same item.
 
 * **Projection into a trained space** (`FeatureProjector`). Once a model exists, hashed vectors live in
   the wrong space: they say nothing about where the trained vectors of the item's peers are. The
@@ -44,7 +44,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from stream_reco.core.events import CATEGORY_SEP, CatalogItem
+from stream_reco.core.events import CATEGORY_SEP, CatalogItem, attribute_values
 
 #: weight of the top category level; each level below adds `CATEGORY_DEPTH_STEP`, so the leaf dominates
 CATEGORY_TOP_WEIGHT = 1.0
@@ -87,7 +87,8 @@ def item_features(item: CatalogItem) -> tuple[Feature, ...]:
     """The shared (non-identity) features of an item with their weights, in a fixed order.
 
     Category features are full path prefixes ("cat:Home/Kitchen"), so a leaf called "Accessories" under
-    Phones and under Cameras are different features. Attribute keys and values are case-folded.
+    Phones and under Cameras are different features. Attribute keys and values are case-folded; each value of
+    a multi-valued attribute is a feature of its own, named as the same single value would be.
     """
     feats: list[Feature] = []
     for depth in range(len(item.category)):
@@ -97,11 +98,28 @@ def item_features(item: CatalogItem) -> tuple[Feature, ...]:
     if band is not None:
         feats.append((f"price:{band}", PRICE_BAND_WEIGHT))
     if item.attributes:
-        weight = ATTRIBUTES_TOTAL_WEIGHT / math.sqrt(len(item.attributes))
-        for key in sorted(item.attributes):
-            value = item.attributes[key].strip().casefold()
-            feats.append((f"attr:{key.strip().casefold()}={value}", weight))
+        # an empty list says nothing, so it must not dilute the attributes that do have values
+        keys = sorted(k for k, v in item.attributes.items() if v != ())
+        weight = ATTRIBUTES_TOTAL_WEIGHT / math.sqrt(len(keys)) if keys else 0.0
+        for key in keys:
+            value = item.attributes[key]
+            name = key.strip().casefold()
+            if isinstance(value, str):  # exactly the features (and floats) of single values before lists existed
+                feats.append((f"attr:{name}={value.strip().casefold()}", weight))
+                continue
+            # each value of a list is a feature spelled like a single value ("attr:genres=comedy"), so a film
+            # tagged ["Comedy", "Drama"] shares a direction with one whose genre is just "Comedy"; the values
+            # split the attribute's weight (1/sqrt(k) each) so a long tag list cannot drown the category; sorted
+            # and de-duplicated after case-folding, so the order and repeats of a list do not matter
+            values = sorted({attribute_key(v) for v in attribute_values(value)})
+            share = weight / math.sqrt(len(values)) if len(values) > 1 else weight
+            feats.extend((f"attr:{name}={v}", share) for v in values)
     return tuple(feats)
+
+
+def attribute_key(value: str) -> str:
+    """An attribute value as features compare it: trimmed and case-folded ("  Grey " and "grey" agree)."""
+    return value.strip().casefold()
 
 
 def hashed_vector(feature: str, dim: int, seed: int) -> np.ndarray:

@@ -6,8 +6,17 @@ values to work with, so nothing here re-checks the schema.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+#: an attribute value as the core keeps it: text (numbers and booleans spelled as JSON spells them), or the
+#: values of a multi-valued attribute (`"genres": ["Comedy", "Drama"]`) in the catalog's order
+AttributeValue = str | tuple[str, ...]
+#: where a list is shown (docs/contracts.md, "Placements"); pushed lists are "home"
+PLACEMENTS: tuple[str, ...] = ("home", "product", "cart", "category")
+LIST_ID_PREFIX = "l-"
 
 EventType = Literal["view", "add_to_cart", "purchase", "dismiss"]
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
@@ -82,7 +91,7 @@ class CatalogItem:
     price: float | None = None
     in_stock: bool = True
     repurchasable: bool = False
-    attributes: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
     deleted: bool = False
     updated_at: int = 0
 
@@ -107,7 +116,7 @@ class CatalogItem:
             price=d.get("price"),
             in_stock=bool(d.get("in_stock", True)),
             repurchasable=bool(d.get("repurchasable", False)),
-            attributes={str(k): str(v) for k, v in (d.get("attributes") or {}).items()},
+            attributes=attributes_from(d.get("attributes") or {}),
             deleted=bool(d.get("deleted", False)),
             updated_at=int(d.get("updated_at") or 0),
         )
@@ -119,7 +128,7 @@ class CatalogItem:
             "category": list(self.category),
             "in_stock": self.in_stock,
             "repurchasable": self.repurchasable,
-            "attributes": dict(self.attributes),
+            "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in self.attributes.items()},
             "deleted": self.deleted,
             "updated_at": self.updated_at,
         }
@@ -128,19 +137,62 @@ class CatalogItem:
         return d
 
 
+def attributes_from(raw: Mapping[str, Any]) -> dict[str, AttributeValue]:
+    """The core's form of a document's (schema-checked) attributes: a list becomes a tuple of its strings,
+    any other value its text, so features and boosts compare strings whatever JSON type the shop sent."""
+    return {
+        str(k): tuple(str(x) for x in v) if isinstance(v, list | tuple) else str(v) for k, v in raw.items()
+    }
+
+
+def attribute_values(value: AttributeValue) -> tuple[str, ...]:
+    """Every value of an attribute: one for a single value, each of a list's (the one place that knows both
+    shapes, so content vectors and boosts treat a list's values exactly like single values)."""
+    return value if isinstance(value, tuple) else (value,)
+
+
 @dataclass(frozen=True, slots=True)
 class RecommendedItem:
+    """One listed item. `title`, `price` and `category` are copied from the catalog (core/render.py) so a page
+    can render the list without a catalog lookup; None when the catalog does not know the item or the field.
+    `variant` names the experiment variant that contributed the item, in interleaved lists only."""
+
     item_id: str
     score: float
     reason: str
+    title: str | None = None
+    price: float | None = None
+    category: tuple[str, ...] | None = None
+    variant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "score": round(float(self.score), 6), "reason": self.reason}
+        d: dict[str, Any] = {"item_id": self.item_id, "score": round(float(self.score), 6), "reason": self.reason}
+        if self.title is not None:
+            d["title"] = self.title
+        if self.price is not None:
+            d["price"] = self.price
+        if self.category is not None:
+            d["category"] = list(self.category)
+        if self.variant is not None:
+            d["variant"] = self.variant
+        return d
+
+
+def new_list_id() -> str:
+    """A fresh list id: random, so ids from several workers, restarts and replays never collide."""
+    return LIST_ID_PREFIX + uuid.uuid4().hex
 
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """One published list: the latest message per visitor key is that visitor's current list."""
+    """One published or served list: the latest message per visitor key is that visitor's current list.
+
+    `list_id` names this publication (impressions and clicks echo it to attribute feedback to the list), so
+    every new record gets a fresh one unless the caller passes one; it is left out of `==` because two lists
+    with the same contents are the same list for every other purpose (replays, determinism checks).
+    `placement` is where the list is shown (`PLACEMENTS`); `experiment` is `{"id": ..., "variant": ...}` for a
+    visitor enrolled in an experiment, else None.
+    """
 
     items: tuple[RecommendedItem, ...]
     generated_at: int
@@ -149,11 +201,17 @@ class Recommendation:
     trigger_event_id: str | None = None
     model_version: str = "none"
     latency_ms: float | None = None
+    list_id: str = field(default_factory=new_list_id, compare=False)
+    placement: str = "home"
+    experiment: Mapping[str, str] | None = field(default=None, hash=False)  # a dict: not hashable
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
+            "list_id": self.list_id,
+            "placement": self.placement,
             "user_id": self.user_id,
             "session_id": self.session_id,
+            "experiment": None if self.experiment is None else dict(self.experiment),
             "items": [i.to_dict() for i in self.items],
             "generated_at": self.generated_at,
             "trigger_event_id": self.trigger_event_id,

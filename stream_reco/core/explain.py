@@ -9,6 +9,8 @@ item, a popular category), never from free text, so the same inputs always give 
 'Because you viewed a sofa'
 >>> often_viewed_with("Oak coffee table")
 'Often viewed with Oak coffee table'
+>>> similar_to("Oak coffee table")
+'Similar to Oak coffee table'
 >>> popular_in("Sofas", 168.0)
 'Popular in Sofas this week'
 >>> viewed_recently()
@@ -117,6 +119,11 @@ def short_title(title: str, limit: int = TITLE_MAX_CHARS) -> str:
 def often_viewed_with(anchor_title: str) -> str:
     """ "Often viewed with Oak coffee table" (the anchor's catalogue title, or its id when unknown)."""
     return f"Often viewed with {short_title(anchor_title)}" if anchor_title else SIMILAR_FALLBACK
+
+
+def similar_to(item_title: str) -> str:
+    """ "Similar to Oak coffee table": an embedding neighbour of the item on the page (its title, or its id)."""
+    return f"Similar to {short_title(item_title)}" if item_title else SIMILAR_FALLBACK
 
 
 def period_phrase(half_life_h: float) -> str:

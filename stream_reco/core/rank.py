@@ -36,6 +36,8 @@ def mmr(
     groups: np.ndarray | None = None,
     max_per_group: int = 0,
     capped_slots: int | None = None,
+    limited: np.ndarray | None = None,
+    max_limited: int = 0,
 ) -> np.ndarray:
     """Indices of `k` picks by MMR; `scores` must already be in canonical order (see `stable_order`).
 
@@ -53,13 +55,19 @@ def mmr(
     group is left, so the cap never shortens a list (the caller makes the pool wide enough to honour it).
     `capped_slots` (default: all) limits the cap to the first slots, the list a shopper sees; a longer
     list goes on as plain MMR after them.
+
+    `limited` (one bool per candidate; the items seen in the session) caps how many of them the capped slots
+    hold: at most `max_limited` (0: none while other candidates remain). It works like a group cap, and
+    outranks the category cap when the two cannot both hold: the category cap is relaxed first, then this one,
+    so neither ever shortens a list.
     """
     n = len(scores)
     k = min(k, n)
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     capped = groups is not None and max_per_group > 0
-    if (lam >= 1.0 or n == 1 or keep >= k) and not capped:
+    limit = None if limited is None else np.asarray(limited, dtype=bool)
+    if (lam >= 1.0 or n == 1 or keep >= k) and not capped and limit is None:
         return np.arange(k)
     rel = np.asarray(scores, dtype=np.float64)
     top = float(rel.max())
@@ -73,6 +81,7 @@ def mmr(
     blocked = np.zeros(n, dtype=bool)  # members of full groups
     group_of = np.asarray(groups, dtype=np.int64) if capped else None
     counts: dict[int, int] = {}
+    n_limited = 0
     for step in range(k):
         if step < keep or lam >= 1.0:
             gain = rel.copy()
@@ -82,15 +91,33 @@ def mmr(
                 rel = rel / rest if rest > 0 else rel
             gain = lam * rel - (1.0 - lam) * max_sim
         gain[picked] = -np.inf
-        if capped and (capped_slots is None or step < capped_slots) and not (blocked | picked).all():
-            gain[blocked] = -np.inf
+        if capped_slots is None or step < capped_slots:
+            _block(gain, picked, blocked if capped else None,
+                   limit if limit is not None and n_limited >= max_limited else None)
         best = int(np.argmax(gain))
         order[step] = best
         picked[best] = True
         np.maximum(max_sim, unit @ unit[best], out=max_sim)
+        if limit is not None and limit[best]:
+            n_limited += 1
         if group_of is not None and group_of[best] >= 0:
             g = int(group_of[best])
             counts[g] = counts.get(g, 0) + 1
             if counts[g] >= max_per_group:
                 blocked |= group_of == g
     return order
+
+
+def _block(gain: np.ndarray, picked: np.ndarray, full_groups: np.ndarray | None, limited: np.ndarray | None) -> None:
+    """Take the candidates a cap blocks out of this step (`gain` to -inf), both caps when something is left
+    after both, else only the seen cap (`limited`), else only the group cap: a cap never empties a step."""
+    for mask in (_either(full_groups, limited), limited, full_groups):
+        if mask is not None and not (mask | picked).all():
+            gain[mask] = -np.inf
+            return
+
+
+def _either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return a | b

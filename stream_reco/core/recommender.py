@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from stream_reco.core import explain, login
+from stream_reco.core import explain, login, placements, render
 from stream_reco.core.candidates import (
     SESSION_QUERY,
     SOURCE_ANN,
     SOURCE_COVIS,
     SOURCE_RECENT,
+    SOURCE_RELATED,
+    SOURCE_SIMILAR,
     SOURCE_SKNN,
     CandidatePool,
     ann_candidates,
@@ -79,6 +81,8 @@ PRIORS_UNTIL_KEY = "last_event_ms"
 #: decays only its own visitor's interests, once, by at most 21% (72 h). Without `now_ms`, N such events
 #: can move the clock N days; a worker passes its wall clock (plus skew) as `now_ms`, which bounds it.
 MAX_CLOCK_STEP_MS = 86_400_000
+#: event types whose item is on the visitor's screen when the list they trigger is shown: that item is never in it
+TRIGGER_EXCLUDED_TYPES = frozenset({"view", "add_to_cart"})
 
 
 @runtime_checkable
@@ -326,36 +330,78 @@ class Recommender:
         k: int | None = None,
         page_category: str | None = None,
         exclude_interacted: bool = False,
+        *,
+        placement: str = placements.HOME,
+        item: str | None = None,
+        cart: Sequence[str] = (),
+        category: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[RecommendedItem]:
-        """The visitor's top `k` (default `list_size`) at time `now_ms`, each with a score and a reason.
+        """The visitor's top `k` (default `list_size`) at time `now_ms` for a placement, each with a score and a reason.
 
+        `placement` (contract "Placements"; core/placements.py): `home`, `product` (needs `item`: items related
+        to it, never it), `cart` (complements of `cart`, else of the visitor's own cart; never a cart item) or
+        `category` (needs `category`, a path: only its subtree). ValueError for an unknown placement or a
+        missing or misplaced argument. `exclude` ids are never listed. Every rule applies in every placement.
         `page_category` scopes the list to that category and its siblings (and seeds cold start);
         without it, lists are scoped to the visitor's current page only when `scope_to_page_category`
-        is set. `exclude_interacted` drops every item the visitor interacted with before. The list is
-        shorter than `k` only when fewer than `k` catalogue items pass the rules (see `_widen`).
+        is set. `exclude_interacted` drops every item the visitor interacted with before. Items seen in the
+        session take at most `max_seen_slots` of the visible slots (`_Cap`). The list is shorter than `k`
+        only when fewer than `k` catalogue items pass the rules (see `_widen`).
         """
+        state = self.store.get(visitor_key) or VisitorState()
+        return self._recommend(state, now_ms, k, page_category, exclude_interacted, placement=placement, item=item,
+                               cart=cart, category=category, exclude=exclude)
+
+    def similar(self, item_id: str, now_ms: int, k: int | None = None) -> Recommendation:
+        """Items related to `item_id` for nobody in particular (`GET /items/{item_id}/similar`): the product
+        placement of a visitor without any history, so every rule that needs no visitor still applies."""
+        items = self._recommend(VisitorState(), now_ms, k, placement=placements.PRODUCT, item=item_id)
+        return Recommendation(items=render.describe(self.catalog, items), generated_at=int(now_ms),
+                              model_version=self.model_version, placement=placements.PRODUCT)
+
+    def _recommend(
+        self,
+        state: VisitorState,
+        now_ms: int,
+        k: int | None = None,
+        page_category: str | None = None,
+        exclude_interacted: bool = False,
+        *,
+        placement: str = placements.HOME,
+        item: str | None = None,
+        cart: Sequence[str] = (),
+        category: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[RecommendedItem]:
+        """`recommend` for a visitor state (a stored one, or an empty one for a list personal to nobody)."""
         s = self.settings
+        place = placements.resolve(placement, state, now_ms, s, item=item, cart=cart, category=category,
+                                   exclude=exclude)
         k = s.list_size if k is None else int(k)
         if k <= 0:
             return []
-        state = self.store.get(visitor_key) or VisitorState()
         scope = page_category
-        if scope is None and s.scope_to_page_category and state.session_active(now_ms, s):
-            scope = state.page_category
-        ctx = RuleContext(s, self.catalog, state, now_ms, page_category=scope, exclude_interacted=exclude_interacted)
+        if scope is None and place.category is None and s.scope_to_page_category and state.session_active(now_ms, s):
+            scope = state.page_category  # a category page's own scope replaces the last page's
+        ctx = RuleContext(s, self.catalog, state, now_ms, page_category=scope, exclude_interacted=exclude_interacted,
+                          category=place.category, exclude=place.exclude)
         n = max(k, s.overfetch * k)
-        exclude = excluded_ids(ctx)
-        pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, exclude,
-                      page_category, s, s.covis_anchor_items, k, sessions=self.sessions)
-        cap = _Cap.of(s, k, self.catalog)
-        ids, scores, sources = self._score(pool, ctx, k, n, cap=cap)
+        excluded = excluded_ids(ctx)
+        pool = gather(state, self.catalog, self.covis, self.popularity, now_ms, n, excluded,
+                      place.category or page_category, s, s.covis_anchor_items, k, sessions=self.sessions,
+                      recent=place.placement in placements.OWN_ITEMS_PLACEMENTS)
+        placements.anchored_candidates(pool, place, self.covis, self.catalog, n, excluded)
+        weights = placements.weights(place.placement, s)
+        cap = _Cap.of(s, k, self.catalog, state, now_ms)
+        ids, scores, sources = self._score(pool, ctx, k, n, cap=cap, weights=weights)
         if len(ids) < k or not cap.honoured(ids):
-            # filtering left too few, or too few outside a dominant category: widen the candidates. The
-            # category cap alone never pays for more than the best-seller steps (ANN widening and the
+            # filtering left too few, or too few outside a dominant category or the session's items: widen the
+            # candidates. The caps alone never pay for more than the best-seller steps (ANN widening and the
             # catalogue sweep are for lists that would otherwise be short).
             verdicts: dict[str, float] = {}  # the rules' multiplier per candidate, kept across re-scores
-            for step, _ in enumerate(self._widen(pool, ctx, scope, exclude, k, n, verdicts)):
-                ids, scores, sources = self._score(pool, ctx, k, n, verdicts, cap=cap)
+            for step, _ in enumerate(self._widen(pool, ctx, place.category or scope, excluded, k, n, verdicts)):
+                ids, scores, sources = self._score(pool, ctx, k, n, verdicts, cap=cap, weights=weights)
                 if len(ids) >= k and (cap.honoured(ids) or step + 1 >= CAP_WIDEN_STEPS):
                     break
         if not ids:
@@ -363,7 +409,8 @@ class Recommender:
         pool_size = cap.pool_size(ids, MMR_POOL_FACTOR * k)
         ids, scores, sources = ids[:pool_size], scores[:pool_size], sources[:pool_size]
         picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda, keep=s.mmr_keep_top,
-                    groups=cap.groups(ids), max_per_group=cap.per_category, capped_slots=cap.slots)
+                    groups=cap.groups(ids), max_per_group=cap.per_category, capped_slots=cap.slots,
+                    limited=cap.seen_mask(ids), max_limited=cap.max_seen)
         explainer = _Explainer(self, state, now_ms)
         return [
             RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
@@ -429,17 +476,19 @@ class Recommender:
         n: int,
         verdicts: dict[str, float] | None = None,
         cap: _Cap | None = None,
+        weights: np.ndarray | None = None,
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Blend the sources, then apply the rules best-first in chunks of `n` until `k` survive.
 
         Returns the survivors in canonical order (score, then id) with their scores and strongest source.
         Rules re-weight scores, so survivors of a chunk are re-sorted; chunks keep the cost of the rules
         proportional to the list, not to the number of candidates. `verdicts`: see `_multipliers`. With a
-        category `cap`, chunks go on until the survivors can also fill the list within the cap.
+        category `cap`, chunks go on until the survivors can also fill the list within the cap. `weights`: the
+        placement's blend weights (None: the settings').
         """
         if not pool.ids:
             return [], np.zeros(0), np.zeros(0, dtype=np.int64)
-        blended, strongest = blend(pool, self.settings)
+        blended, strongest = blend(pool, self.settings, weights)
         order = stable_order(pool.ids, blended)
         kept_ids: list[str] = []
         kept_scores: list[np.ndarray] = []
@@ -467,13 +516,24 @@ class Recommender:
         k: int | None = None,
         page_category: str | None = None,
         exclude_interacted: bool = False,
+        *,
+        placement: str = placements.HOME,
+        item: str | None = None,
+        cart: Sequence[str] = (),
+        category: str | None = None,
+        exclude: Sequence[str] = (),
     ) -> Recommendation:
         """The contract record for one visitor: the list plus user and session ids from the state.
 
         `generated_at` is `now_ms` (the core has no clock); the worker may stamp its own publication time.
+        The placement arguments are `recommend`'s. The item of a triggering view or add-to-cart is on the
+        visitor's screen, so it is never in the list it triggers (`TRIGGER_EXCLUDED_TYPES`).
         """
+        if trigger is not None and trigger.event_type in TRIGGER_EXCLUDED_TYPES:
+            exclude = (*exclude, trigger.item_id)
         items = self.recommend(
-            visitor_key, now_ms, k=k, page_category=page_category, exclude_interacted=exclude_interacted
+            visitor_key, now_ms, k=k, page_category=page_category, exclude_interacted=exclude_interacted,
+            placement=placement, item=item, cart=cart, category=category, exclude=exclude,
         )
         state = self.store.get(visitor_key)
         user_id = state.user_id if state is not None else (trigger.user_id if trigger is not None else None)
@@ -481,12 +541,13 @@ class Recommender:
         if state is None and trigger is None:
             session_id = visitor_key
         return Recommendation(
-            items=tuple(items),
+            items=render.describe(self.catalog, items),
             generated_at=int(now_ms),
             user_id=user_id,
             session_id=session_id,
             trigger_event_id=trigger.event_id if trigger is not None else None,
             model_version=self.model_version,
+            placement=placement,
         )
 
     def process(self, event: Event, now_ms: int | None = None) -> Recommendation | None:
@@ -502,28 +563,42 @@ class Recommender:
 
 
 class _Cap:
-    """The per-category cap of one list (`max_category_share`), and the bookkeeping it needs.
+    """The caps on one list's visible slots, and the bookkeeping they need.
 
-    The cap binds the first `list_size` slots, the list a shopper sees: a caller asking for a longer list
-    (the evaluation asks for 20) gets the cap there and plain MMR after it, so the cap's promise (no list
-    of five near-identical items) is kept where it is visible without reordering a longer tail.
+    Two caps, both binding the first `list_size` slots, the list a shopper sees: a leaf category fills at most
+    `max_category_share` of them (no list of five near-identical items), and the items seen in the current
+    session at most `max_seen_slots` (a list after a view is about what to look at next, not what was just
+    seen). A caller asking for a longer list (the evaluation asks for 20) gets the caps there and plain MMR
+    after it, so the promises are kept where they are visible without reordering a longer tail.
     """
 
-    __slots__ = ("catalog", "codes", "leaves", "per_category", "slots")
+    __slots__ = ("catalog", "codes", "leaves", "max_seen", "per_category", "seen", "slots")
 
-    def __init__(self, per_category: int, slots: int, catalog: ItemCatalog | None) -> None:
+    def __init__(self, per_category: int, slots: int, catalog: ItemCatalog | None,
+                 seen: frozenset[str] = frozenset(), max_seen: int = 0) -> None:
         self.per_category = per_category
         self.slots = slots
         self.catalog = catalog
+        self.seen = seen  # the session's items, when the seen cap binds (empty: it does not)
+        self.max_seen = max_seen
         self.codes: dict[str, int] = {}  # item -> leaf category code (-1: none), filled as items are seen
         self.leaves: dict[tuple[str, ...], int] = {}  # leaf category -> code
 
     @classmethod
-    def of(cls, settings: CoreSettings, k: int, catalog: ItemCatalog) -> _Cap:
+    def of(cls, settings: CoreSettings, k: int, catalog: ItemCatalog, state: VisitorState, now_ms: int) -> _Cap:
+        slots = min(k, settings.list_size)
         share = settings.max_category_share
-        if share <= 0:
+        per_category = max(1, math.floor(share * settings.list_size)) if share > 0 else 0
+        max_seen = max(0, settings.max_seen_slots)
+        seen = (frozenset(h[0] for h in state.session_history(now_ms, settings)) if max_seen < slots
+                else frozenset())
+        if not per_category and not seen:
             return cls(0, 0, None)
-        return cls(max(1, math.floor(share * settings.list_size)), min(k, settings.list_size), catalog)
+        return cls(per_category, slots, catalog if per_category else None, seen, max_seen)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.per_category or self.seen)
 
     def _code(self, item_id: str) -> int:
         code = self.codes.get(item_id)
@@ -538,14 +613,23 @@ class _Cap:
             return None
         return np.fromiter((self._code(i) for i in ids), dtype=np.int64, count=len(ids))
 
+    def seen_mask(self, ids: Sequence[str]) -> np.ndarray | None:
+        """True for the items seen in the session; None when the seen cap does not bind."""
+        if not self.seen:
+            return None
+        return np.fromiter((i in self.seen for i in ids), dtype=bool, count=len(ids))
+
     def _filled_at(self, ids: Sequence[str]) -> int | None:
-        """The length of the shortest prefix of `ids` that can fill the capped slots within the cap."""
+        """The length of the shortest prefix of `ids` that can fill the capped slots within the caps."""
         taken: dict[int, int] = {}
+        n_seen = 0
         capacity = 0
         for n, item_id in enumerate(ids, 1):
-            g = self._code(item_id)
-            if g < 0 or taken.get(g, 0) < self.per_category:
+            g = self._code(item_id) if self.per_category else -1
+            is_seen = item_id in self.seen
+            if (g < 0 or taken.get(g, 0) < self.per_category) and (not is_seen or n_seen < self.max_seen):
                 capacity += 1
+                n_seen += is_seen
                 if g >= 0:
                     taken[g] = taken.get(g, 0) + 1
                 if capacity >= self.slots:
@@ -553,15 +637,15 @@ class _Cap:
         return None
 
     def honoured(self, ids: Sequence[str]) -> bool:
-        """Whether these candidates can fill the capped slots without breaking the cap."""
-        return not self.per_category or self._filled_at(ids) is not None
+        """Whether these candidates can fill the capped slots without breaking a cap."""
+        return not self.active or self._filled_at(ids) is not None
 
     def pool_size(self, ids: Sequence[str], size: int) -> int:
-        """The MMR pool: the `size` best, stretched (when the cap needs it) until it can honour the cap."""
-        if not self.per_category or len(ids) <= size:
+        """The MMR pool: the `size` best, stretched (when a cap needs it) until it can honour the caps."""
+        if not self.active or len(ids) <= size:
             return size
         filled = self._filled_at(ids)
-        return size if filled is None else max(size, filled)  # None: MMR relaxes the cap over the best
+        return size if filled is None else max(size, filled)  # None: MMR relaxes the caps over the best
 
 
 class _Explainer:
@@ -600,11 +684,14 @@ class _Explainer:
             return explain.viewed_recently()
         if source == SOURCE_SKNN and item_id in pool.sknn:
             return explain.similar_sessions()
+        if source == SOURCE_RELATED and item_id in pool.related_anchor:
+            return explain.often_viewed_with(self._title(pool.related_anchor[item_id]))
+        if source == SOURCE_SIMILAR and item_id in pool.similar_anchor:
+            return explain.similar_to(self._title(pool.similar_anchor[item_id]))
         cat = self._category(item_id)
         anchor = pool.covis_anchor(item_id) if source == SOURCE_COVIS else None
         if anchor is not None:
-            it = self.rec.catalog.get(anchor)
-            return explain.often_viewed_with(it.title if it is not None and it.title else anchor)
+            return explain.often_viewed_with(self._title(anchor))
         if source == SOURCE_ANN and item_id in pool.ann:
             counts = self._category_counts(session=pool.ann_query[item_id] == SESSION_QUERY)
             n = counts.get(cat, 0) if cat else 0
@@ -619,3 +706,8 @@ class _Explainer:
     def _category(self, item_id: str) -> str:
         it = self.rec.catalog.get(item_id)
         return it.category_path if it is not None else ""
+
+    def _title(self, item_id: str) -> str:
+        """The item's catalogue title, or its id when the catalogue has none (a reason always names the item)."""
+        it = self.rec.catalog.get(item_id)
+        return it.title if it is not None and it.title else item_id

@@ -37,6 +37,8 @@ class RuleContext:
     now_ms: int
     page_category: str | None = None  # category path to scope the list to (None: no scoping)
     exclude_interacted: bool = False  # drop every item the visitor interacted with before
+    category: str | None = None  # category path whose subtree alone may be listed (a category page)
+    exclude: frozenset[str] = frozenset()  # never listed in this list (the page's item, the cart, the trigger)
 
 
 @dataclass(slots=True)
@@ -150,6 +152,35 @@ class ViewedPenalty:
         return np.array([self.multiplier if i in viewed else 1.0 for i in batch.ids], dtype=np.float64)
 
 
+class NotExcluded:
+    """Never list the ids this list excludes: the caller's `exclude`, the product on the page, the cart's items and
+    the item of the view that triggered the list (a shopper is never recommended what is on the page)."""
+
+    name = "not_excluded"
+
+    def __call__(self, ctx: RuleContext, batch: Batch) -> np.ndarray | None:
+        if not ctx.exclude:
+            return None
+        return _mask([i not in ctx.exclude for i in batch.ids])
+
+
+def in_subtree(category_path: str, category: str) -> bool:
+    """True when `category_path` is `category` or lies below it ("A/B" holds "A/B" and "A/B/C", not "A/BC")."""
+    return category_path == category or category_path.startswith(category + CATEGORY_SEP)
+
+
+@dataclass(slots=True)
+class CategoryScope:
+    """Keep only items in the subtree of the list's category (a category page lists nothing from elsewhere)."""
+
+    name: str = "category_scope"
+
+    def __call__(self, ctx: RuleContext, batch: Batch) -> np.ndarray | None:
+        if not ctx.category:
+            return None
+        return _mask([it is not None and in_subtree(it.category_path, ctx.category) for it in batch.items])
+
+
 def in_scope(category_path: str, page_category: str) -> bool:
     """True when `category_path` lies under the page's category or one of its siblings.
 
@@ -193,7 +224,11 @@ def parse_attribute_boosts(spec: str) -> tuple[tuple[str, str, float], ...]:
 
 @dataclass(slots=True)
 class AttributeBoost:
-    """Multiply the score of items whose attribute has a given value (several boosts multiply)."""
+    """Multiply the score of items whose attribute has a given value (several boosts multiply).
+
+    A boost `genre=Comedy:1.5` also matches an item whose `genre` is a list containing "Comedy"; values are
+    compared exactly (case and spaces count), for lists as for single values.
+    """
 
     boosts: tuple[tuple[str, str, float], ...]
     name: str = "attribute_boost"
@@ -210,7 +245,9 @@ class AttributeBoost:
             if it is None or not it.attributes:
                 continue
             for attr, value, factor in self.boosts:
-                if it.attributes.get(attr) == value:
+                got = it.attributes.get(attr)
+                # a multi-valued attribute (a tuple of its values) matches when any of its values is `value`
+                if got == value or (isinstance(got, tuple) and value in got):
                     out[n] *= factor
         return out
 
@@ -229,12 +266,13 @@ class ExcludeInteracted:
 
 def default_rules(settings: CoreSettings) -> list[Rule]:
     """The pipeline the settings ask for: hard filters always, the rest when configured."""
-    rules: list[Rule] = [Recommendable(), NotDismissed(), NotPurchased(), ExcludeInteracted()]
+    rules: list[Rule] = [Recommendable(), NotDismissed(), NotPurchased(), ExcludeInteracted(), NotExcluded()]
     if settings.purchase_suppress_days > 0:
         rules.append(SuppressPurchasedCategories(settings.purchase_suppress_days))
     if settings.viewed_penalty != 1.0:
         rules.append(ViewedPenalty(settings.viewed_penalty))
     rules.append(PageScope())
+    rules.append(CategoryScope())
     if settings.attribute_boosts.strip():
         rules.append(AttributeBoost.from_spec(settings.attribute_boosts))
     return rules
@@ -264,4 +302,7 @@ def excluded_ids(ctx: RuleContext) -> list[str]:
             if i not in taken:
                 taken.add(i)
                 out.append(i)
+    if ctx.exclude:
+        taken = set(out)
+        out.extend(sorted(i for i in ctx.exclude if i not in taken))  # sorted: the same search whatever set order
     return out

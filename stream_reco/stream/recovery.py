@@ -193,7 +193,8 @@ class StatsRecovery:
 
         The statistics learn the events from `boundary` on (below it the feed or a snapshot counted them). With
         no boundary the partition is read from its start (statistics from nothing, as without a snapshot);
-        with one, from `CONTEXT_EVENTS` before the skip window: restart time does not grow with retention."""
+        with one, from the skip window (or `CONTEXT_EVENTS` before the boundary, if earlier): restart time does
+        not grow with retention."""
         # a recovery region still open here (a crash's redelivered events) that the consumer then jumped over
         prev_region_end = self.region_end.get(partition, 0)
         self.forget({partition})
@@ -201,7 +202,12 @@ class StatsRecovery:
         # recovery region: the changelog may hold events that were applied but never committed
         began = time.monotonic()
         counted_below = self.boundary.get(partition, 0)
-        start = max(0, min(counted_below, upto - MISSED_WINDOW) - CONTEXT_EVENTS) if counted_below else 0
+        # with a boundary (a snapshot or the feed counted what is below it) the read starts at the skip window,
+        # or earlier to give the events from the boundary on `CONTEXT_EVENTS` of visitor history; the shadow
+        # learns nothing before that, and nothing at all when the boundary is past `upto` (a snapshot taken at
+        # or after the last commit: the usual restart), since only events below `upto` reach it
+        start = max(0, min(counted_below - CONTEXT_EVENTS, upto - MISSED_WINDOW)) if counted_below else 0
+        learn_from = (upto if counted_below >= upto else counted_below - CONTEXT_EVENTS) if counted_below else 0
         shadow = self._shadow()
         n = 0
         first: int | None = None
@@ -218,7 +224,7 @@ class StatsRecovery:
             record time plus the skew), learning its statistics unless they were counted before (`boundary`);
             an event the core fails on was dead-lettered live: skipped here too."""
             nonlocal n
-            if record is None:
+            if record is None or msg.offset < learn_from:
                 return
             now_ms = admission.ceiling_ms(admission.reference_ms(msg.timestamp), self.settings.max_clock_skew_s)
             counts = msg.offset >= counted_below

@@ -110,8 +110,11 @@ def test_retime_stamps_events_with_the_send_time(unique_settings: Settings, tmp_
 
 def recommendation(visitor: str, n: int) -> dict[str, object]:
     return {
+        "list_id": f"l-{visitor}-{n}",
+        "placement": "home",
         "user_id": visitor,
         "session_id": "s-1",
+        "experiment": None,
         "items": [{"item_id": f"sku-{i}", "score": 1.0 - i / 10, "reason": f"Because you viewed sofa {i}"}
                   for i in range(n)],
         "generated_at": T0 + 50,

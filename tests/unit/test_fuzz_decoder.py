@@ -94,7 +94,8 @@ def check_item(raw: bytes, doc: object = None) -> CatalogItem | None:
     assert isinstance(item, CatalogItem) and item.item_id
     assert type(item.updated_at) is int and 0 <= item.updated_at <= MAX_MS
     assert item.price is None or (type(item.price) is float and math.isfinite(item.price))
-    assert all(type(v) is str for v in item.attributes.values())
+    assert all(type(v) is str or (type(v) is tuple and all(type(x) is str for x in v))
+               for v in item.attributes.values())
     schemas.validate("item", item.to_dict())
     parsed = orjson.loads(raw) if doc is None else doc
     assert reference("item").is_valid(parsed), f"decoded, but invalid for the reference validator: {parsed!r}"
@@ -157,7 +158,8 @@ def valid_items(draw: st.DrawFn) -> dict[str, Any]:
         "in_stock": draw(st.booleans()),
         "repurchasable": draw(st.booleans()),
         "attributes": draw(st.dictionaries(st.text(min_size=1, max_size=8),
-                                           st.text(max_size=8) | st.integers(-10**15, 10**15) | st.booleans(),
+                                           st.text(max_size=8) | st.integers(-10**15, 10**15) | st.booleans()
+                                           | st.lists(st.text(min_size=1, max_size=8), max_size=4),
                                            max_size=3)),
         "deleted": draw(st.booleans()),
         "updated_at": draw(st.integers(0, MAX_MS)),

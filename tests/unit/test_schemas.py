@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from stream_reco import schemas
-from stream_reco.core.events import EVENT_TYPES, CatalogItem, Event, Recommendation, RecommendedItem
+from stream_reco.core.events import EVENT_TYPES, PLACEMENTS, CatalogItem, Event, Recommendation, RecommendedItem
 from stream_reco.schemas import InvalidMessage, SchemaLoadError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,6 +126,9 @@ def test_schema_fields_match_the_contract() -> None:
         "updated_at",
     }
     assert top["recommendation"] == {
+        "list_id",
+        "placement",
+        "experiment",
         "user_id",
         "session_id",
         "items",
@@ -138,7 +141,13 @@ def test_schema_fields_match_the_contract() -> None:
         "item_id",
         "score",
         "reason",
+        "title",
+        "price",
+        "category",
+        "variant",
     }
+    assert set(schemas.get_schema("recommendation")["properties"]["experiment"]["properties"]) == {"id", "variant"}
+    assert schemas.get_schema("recommendation")["properties"]["placement"]["enum"] == list(PLACEMENTS)
     assert {"error", "field", "topic", "partition", "offset", "raw", "received_at"} <= top["dead_letter"]
     assert set(schemas.get_schema("dead_letter")["required"]) == {
         "error",
@@ -416,7 +425,11 @@ catalog_items = st.builds(
     price=st.none() | st.floats(min_value=0, max_value=1e9),
     in_stock=st.booleans(),
     repurchasable=st.booleans(),
-    attributes=st.dictionaries(st.text(min_size=1, max_size=128), st.text(max_size=1024), max_size=20),
+    attributes=st.dictionaries(
+        st.text(min_size=1, max_size=128),
+        st.text(max_size=1024) | st.lists(st.text(min_size=1, max_size=256), max_size=32).map(tuple),
+        max_size=20,
+    ),
     deleted=st.booleans(),
     updated_at=timestamps,
 )
@@ -441,12 +454,18 @@ def test_catalog_item_round_trip(item: CatalogItem) -> None:
             item_id=st.text(min_size=1, max_size=256),
             score=st.floats(min_value=-1e9, max_value=1e9),
             reason=st.text(max_size=1024),
+            title=st.none() | st.text(max_size=1024),
+            price=st.none() | st.floats(min_value=0, max_value=1e9),
+            category=st.none() | st.lists(st.text(min_size=1, max_size=256), max_size=16).map(tuple),
+            variant=st.none() | st.text(min_size=1, max_size=128),
         ),
         max_size=20,
     ),
     generated_at=timestamps,
     trigger_event_id=st.none() | ids,
     latency_ms=st.none() | st.floats(min_value=-1e6, max_value=1e9),
+    placement=st.sampled_from(PLACEMENTS),
+    experiment=st.none() | st.fixed_dictionaries({"id": ids, "variant": ids}),
 )
 def test_recommendation_round_trip(
     user_id: str | None,
@@ -455,6 +474,8 @@ def test_recommendation_round_trip(
     generated_at: int,
     trigger_event_id: str | None,
     latency_ms: float | None,
+    placement: str,
+    experiment: dict[str, str] | None,
 ) -> None:
     rec = Recommendation(
         items=tuple(items),
@@ -464,6 +485,8 @@ def test_recommendation_round_trip(
         trigger_event_id=trigger_event_id,
         model_version="2026-11-26T15:00:00Z-3f2a",
         latency_ms=latency_ms,
+        placement=placement,
+        experiment=experiment,
     )
     doc = orjson.loads(schemas.encode(rec.to_dict()))
     schemas.validate("recommendation", doc)
@@ -627,6 +650,8 @@ ITEM_EDGES: dict[tuple[str, ...], list[Any]] = {
     ("deleted",): [True, False, None, 0, 1, "true", _DELETE],
     ("attributes",): [{}, {"": "x"}, {"k" * 128: "x"}, {"k" * 129: "x"}, {str(i): 1 for i in range(129)}, None],
     ("attributes", "a"): [*_lengths(0, 1024), 1e15, 1e15 + 1e3, -1e15, -1e15 - 1e3, True, None, [], {}],
+    # a multi-valued attribute: at most 32 strings of 1-256 characters
+    ("attributes", "tags"): [["x"], ["x" * 256], ["x" * 257], [""], ["t"] * 32, ["t"] * 33, [1], [True], [["x"]]],
     ("updated_at",): [-1, 0, 4_102_444_800_000, 4_102_444_800_001, 2.0, 1.5, True, _DELETE],
     ("unknown",): _OVERSIZED,
     ("k" * 129,): [1],
