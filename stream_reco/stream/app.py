@@ -174,6 +174,8 @@ class RecoWorker:
         self.log_ends = LogEnds(settings)
         #: set at the first assignment: the feed must not read partitions this worker is about to own
         self.assigned_once = asyncio.Event()
+        #: the read of the recommendations topic that fills the stock refresh's index (per assignment)
+        self._learning: asyncio.Future[None] | None = None
 
         # --- the parts -----------------------------------------------------------------------------------
         self.join_forwarder = JoinForwarder(settings, app, self.store, self.recovery, self.log_ends, self.stats,
@@ -241,6 +243,15 @@ class RecoWorker:
         bench/latency_probe.py wraps this method)."""
         await self.ingest.handle_batch(batch)
 
+    async def _learn_pushed(self) -> None:
+        try:
+            learned = await self.stock_refresh.learn_pushed(self.settings)
+            log.info("stock refresh: %d pushed lists learned from the recommendations topic", learned)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # those lists are corrected at their visitors' next events instead
+            log.exception("reading the pushed lists from the recommendations topic failed")
+
     def _owns(self, visitor: str) -> bool:
         """Whether `visitor`'s events partition is this worker's now."""
         return self.store.partition_of(visitor.encode()) in self.active_partitions
@@ -280,4 +291,8 @@ class RecoWorker:
         self.active_partitions.update(mine)
         self.recovery.assigned(set(mine))
         self.assigned_once.set()
+        # lists published before this worker took these partitions are their visitors' current ones too
+        if self._learning is not None:
+            self._learning.cancel()
+        self._learning = asyncio.ensure_future(self._learn_pushed())
         log.info("%s %s", ASSIGNED_LINE, mine)

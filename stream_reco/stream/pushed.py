@@ -9,9 +9,11 @@ the stock refresh (stream/refresh.py) asks `showing(item)`.
 Bounded: at most `cap` visitors (the `pushed_lists_max_visitors` setting), least recently published dropped
 first. Memory is about 1 kB per visitor with 10-item lists (the tuple of ids, the dict entry, ten set entries;
 item id strings are shared with the catalogue): 97 MB for 100 k visitors whose lists draw from 100 k items
-(tracemalloc). A visitor dropped from the index, or whose list was published
-before this worker started, is not refreshed on a stock change: that list is corrected at the visitor's next
-event, and a pull (`GET /recommendations/{visitor}`) is always computed afresh, so it never shows the item.
+(tracemalloc). Lists published before this worker started or took a partition over are learned from the
+recommendations topic itself (`StockRefresh.learn_pushed`). A visitor dropped from the index is not refreshed
+on a stock change: that list is corrected at the visitor's next event; a pull (`GET /recommendations/...`) is
+always computed afresh, so it never shows the item.
+
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from stream_reco.settings import Settings
 from stream_reco.stream.pushed import PushedLists
 from stream_reco.stream.store import WorkerStats
 
@@ -54,6 +58,38 @@ class StockRefresh:
             self.wake.clear()
             await self.refresh_pending()
 
+    async def learn_pushed(self, settings: Settings) -> int:
+        """Fill the index from the recommendations topic: the lists published before this worker started (or
+        took its partitions over) are still the visitors' current lists there, and must be corrected too.
+
+        Reads every partition of the (compacted) topic up to its end once, keeping the latest list of each
+        visitor this worker owns, unless the worker has published a newer one meanwhile (already in the index).
+        Runs beside the event path; returns the number of lists learned."""
+        consumer = AIOKafkaConsumer(settings.recommendations_topic, **settings.kafka_client_kwargs(), group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        latest: dict[str, tuple[str, ...]] = {}
+        try:
+            ends = await consumer.end_offsets(sorted(consumer.assignment()))
+            pending = {tp for tp, end in ends.items() if end > 0}
+            while pending:
+                batches = await consumer.getmany(timeout_ms=500, max_records=2_000)
+                for records in batches.values():
+                    for msg in records:
+                        key = msg.key.decode("utf-8", "replace") if msg.key else None
+                        if key is not None and self.owns(key):
+                            latest[key] = _shown(msg.value)
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        finally:
+            await consumer.stop()
+        learned = 0
+        for key, items in latest.items():
+            if items and self.pushed.items_of(key) is None:  # not published since the worker started
+                self.pushed.record(key, items)
+                learned += 1
+        self.stats.counts["pushed_lists_learned"] += learned
+        return learned
+
     async def refresh_pending(self) -> int:
         """Refresh every list that shows a pending item; the number of lists republished."""
         items, self.pending = self.pending, set()
@@ -79,3 +115,12 @@ class StockRefresh:
             await asyncio.sleep(0)  # let the event path take the lock between chunks
         self.stats.counts["lists_refreshed"] += done
         return done
+
+
+def _shown(value: bytes | None) -> tuple[str, ...]:
+    """The item ids of a published list ((), for a tombstone or a record that is not one of our lists)."""
+    try:
+        doc = orjson.loads(value) if value else None
+        return tuple(str(item["item_id"]) for item in doc["items"]) if isinstance(doc, dict) else ()
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ()

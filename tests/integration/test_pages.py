@@ -157,3 +157,34 @@ def test_any_worker_answers_a_pull_for_any_visitor_in_every_placement(
     status, similar = get(workers[1][1], "/items/sofa-1/similar?n=3")
     assert status == 200 and len(similar["items"]) == 3 and "sofa-1" not in ids(similar)
     assert get(workers[0][1], "/items/no-such-item/similar")[0] == 404
+
+
+def test_lists_pushed_before_a_restart_are_refreshed_too(unique_settings: Settings, tmp_path: Any) -> None:
+    from stream_reco.stream.topics import ensure_topics
+
+    settings = unique_settings.replace(list_size=LIST_SIZE, data_dir=str(tmp_path), web_port=0)
+    ensure_topics(settings)
+    send_items(settings, catalog())
+    reader = TopicReader(settings, settings.recommendations_topic)
+    worker = WorkerProcess(settings)
+    try:
+        worker.wait_ready()
+        visit = Visit(settings, reader, session="s-before-restart")
+        pushed = visit.send("view", "kettle-1", page_category="Kitchen/Appliances/Kettles")
+    finally:
+        worker.stop()
+    gone = ids(pushed)[0]
+    worker = WorkerProcess(settings, loglevel="info")
+    try:
+        worker.wait_ready()
+        wait_until(lambda: any("pushed lists learned" in line for line in worker.lines), 30,
+                   lambda: f"the restarted worker read the pushed lists:\n{worker.output()}")
+        item = next(i for i in catalog() if i["item_id"] == gone)
+        send_items(settings, [{**item, "deleted": True, "updated_at": T0 + 10**7}])
+        reader.wait_for(lambda _: any(d["trigger_event_id"] is None for d in reader.lists_for("s-before-restart")),
+                        timeout=20)
+        fresh = [d for d in reader.lists_for("s-before-restart") if d["trigger_event_id"] is None]
+        assert fresh and gone not in ids(fresh[-1]), f"{fresh}\n{worker.output()}"
+    finally:
+        worker.stop()
+        assert not worker.crashed(), worker.output()

@@ -9,14 +9,7 @@ from stream_reco.core.state import VisitorState
 from stream_reco.settings import Settings
 from stream_reco.stream.store import TableStore
 
-
-class FakeTable:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.changelog: list[tuple[int, bytes, bytes | None]] = []
-
-    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
-        self.changelog.append((partition, key, value))
+from .test_worker_trust import FakeTable
 
 
 def keys_on_other_partitions(store: TableStore, partition: int, n: int) -> list[str]:
