@@ -30,9 +30,9 @@ REQUIRED_NUMBERS = (
     "wall_s",
 )
 PNG_DPI = 110
-FIGURE_SIZE = (13.0, 13.5)
+FIGURE_SIZE = (13.0, 18.0)
 #: sections that are optional (older results lack them) but, when present, must not hold an error
-OPTIONAL_SECTIONS = ("restart", "stats_memory")
+OPTIONAL_SECTIONS = ("restart", "stats_memory", "pages")
 LATENCY_PERCENTILES = ("p50", "p95", "p99")
 #: the two delta sizes bench/ann.py measures (new items served exactly beside the annoy snapshot)
 DELTA_SMALL, DELTA_LARGE = 100, 1000
@@ -82,6 +82,9 @@ def iter_problems(result: dict[str, Any]) -> Iterator[str]:
         for mode in ("off", "prime", "on"):
             if (row.get(mode) or {}).get("crashed"):
                 yield f"the restarted worker ({mode}, {row['events']} events) crashed"
+    for worker in _get(result, "pages.workers") or []:
+        if worker.get("crashed"):
+            yield f"a pages worker ({worker.get('name')}) crashed"
 
 
 def _jsonable(doc: Any) -> Any:
@@ -110,13 +113,14 @@ def write(result: dict[str, Any], output: Path) -> list[str]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Four panels: throughput vs pass-through, latency percentiles by load, ANN speed/recall, memory."""
+    """Eight panels: throughput vs pass-through, latency percentiles by load, ANN speed/recall, memory,
+    restart, statistics memory, pull latency and stock refresh (the last four when their sections ran)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 2, figsize=FIGURE_SIZE)
+    fig, axes = plt.subplots(4, 2, figsize=FIGURE_SIZE)
     env = result.get("environment", {})
     fig.suptitle(f"stream-reco bench ({result.get('profile')}) - {env.get('date', '')} - "
                  f"{env.get('cpu_count')} cores, {env.get('cpu', '')[:48]}", fontsize=10)
@@ -126,6 +130,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     _plot_memory(axes[1][1], result)
     _plot_restart(axes[2][0], result)
     _plot_stats_memory(axes[2][1], result)
+    _plot_pages(axes[3][0], axes[3][1], result)
     fig.tight_layout()
     fig.savefig(path, dpi=PNG_DPI)
     plt.close(fig)
@@ -239,6 +244,28 @@ def _plot_stats_memory(ax: Any, result: dict[str, Any]) -> None:
     stats_memory.plot(section, ax)
 
 
+def _plot_pages(ax_pulls: Any, ax_refresh: Any, result: dict[str, Any]) -> None:
+    section = _usable(result, "pages")
+    if section is None:
+        _plot_unavailable(ax_pulls, result, "pages")
+        _plot_unavailable(ax_refresh, result, "pages")
+        return
+    from bench import pages
+
+    pages.plot_pulls(section, ax_pulls)
+    pages.plot_refresh(section, ax_refresh)
+
+
+def _pages_lines(result: dict[str, Any]) -> list[str]:
+    section = _usable(result, "pages")
+    if section is None:
+        return []
+    lines = [f"pages: {section['sentence']}"]
+    if section["visitors"] < section["issue_visitors"]:
+        lines.append(f"pages: {section['note']}")
+    return lines
+
+
 def _restart_lines(result: dict[str, Any]) -> list[str]:
     section = _usable(result, "restart")
     if section is None:
@@ -291,6 +318,7 @@ def summary(result: dict[str, Any]) -> str:
     lines.append(f"scaling: {result['scaling']['sentence']}")
     lines.extend(_restart_lines(result))
     lines.extend(_stats_memory_lines(result))
+    lines.extend(_pages_lines(result))
     for name in OPTIONAL_SECTIONS:
         if isinstance(result.get(name), dict) and result[name].get("error"):
             lines.append(f"{name}: failed: {result[name]['error'][:200]}")
@@ -395,6 +423,7 @@ def markdown(result: dict[str, Any]) -> str:
     out.append(f"\n{result['scaling']['sentence']}")
     out.extend(_restart_markdown(result))
     out.extend(_stats_memory_markdown(result))
+    out.extend(_pages_markdown(result))
     return "\n".join(out) + "\n"
 
 
@@ -450,4 +479,35 @@ def _stats_memory_markdown(result: dict[str, Any]) -> list[str]:
     caps = "; ".join(f"{label}: " + ", ".join(f"{k} {v:,}" for k, v in c.items())
                      for label, c in section["caps"].items())
     out.append(f"\nCaps: {caps}.")
+    return out
+
+
+def _pages_markdown(result: dict[str, Any]) -> list[str]:
+    """Pull latency per class and refresh time per withdrawn item (empty when the section did not run)."""
+    section = _usable(result, "pages")
+    if section is None:
+        return []
+    pulls = section["pulls"]
+    out = [f"\nPages ({section['workers_count']} workers, {section['partitions']} partitions, "
+           f"{section['visitors']:,} visitors, {section['plan']['items']:,} items): pulls "
+           f"{pulls['interval_ms']:.0f} ms apart, one at a time.\n"]
+    out.append("| pulls | n | p50 ms | p90 ms | p99 ms | max ms |")
+    out.append("|---|---|---|---|---|---|")
+    for cls in ("direct", "forwarded", "all", "product"):
+        q = pulls["ms"][cls]
+        out.append(f"| {cls} | {q['n']} | {_f(q['p50'], 2)} | {_f(q['p90'], 2)} | {_f(q['p99'], 2)} "
+                   f"| {_f(q['max'], 2)} |")
+    out.append(f"\nForwarding costs {_f(pulls['forwarding_cost_ms']['p50'], 2)} ms at the median; "
+               f"{pulls['failures']} of {pulls['pulls']} pulls failed; the machine's CPU stall share during the "
+               f"pulls {_f(pulls.get('cpu_stall_share'), 2)} (other jobs queueing for a core).\n")
+    out.append("| withdrawn item (rank) | lists showing it | refreshed | p50 s | p90 s | p99 s | max s "
+               "| not refreshed in time | still showing it | workers' CPU ms per list | CPU stall share |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for item in section["refresh"]["items"]:
+        q = item["seconds"]
+        out.append(f"| {item['item_id']} ({item['rank']}) | {item['affected']:,} | {item['refreshed']:,} "
+                   f"| {_f(q['p50'], 3)} | {_f(q['p90'], 3)} | {_f(q['p99'], 3)} | {_f(q['max'], 3)} "
+                   f"| {item['not_refreshed_in_timeout']} | {item['still_showing_lists']} "
+                   f"| {_f(item.get('workers_cpu_ms_per_list'), 2)} | {_f(item.get('cpu_stall_share'), 2)} |")
+    out.append(f"\n{section['sentence']}. {section['note']}")
     return out

@@ -14,10 +14,13 @@ Sections (each a key of the result):
   `stats_snapshot_interval_s`, issue 12, and are skipped with the reason where it is missing).
 * `stats_memory` - memory and keys of the shop-wide statistics per million events, in process, showing where
   each cap stops their growth (bench/stats_memory.py).
+* `pages` - two workers serving pages (issue 13): pull latency direct vs forwarded to the visitor's owner, and
+  the stock-change fan-out (seconds from an item's out-of-stock message to the new list of every visitor
+  whose pushed list showed it) (bench/pages.py).
 
-Profiles: `default` (100 k items and 100 k visitors, plus a 10 k shop; < 14 minutes on a 2-core machine, of
-which restart and stats_memory take < 4) and `quick` (a few thousand items; < 3 minutes, restart and
-stats_memory < 1; what the integration test runs). Every shop is the
+Profiles: `default` (100 k items and 100 k visitors, plus a 10 k shop; < 18 minutes on a 2-core machine, of
+which restart and stats_memory take < 4 and pages < 4) and `quick` (a few thousand items; < 4 minutes,
+restart and stats_memory < 1, pages < 1; what the integration test runs). Every shop is the
 simulated one (`stream_reco.shop.simulate`), with its catalogue and a visitor state for every visitor
 loaded into the worker before it starts (see `streaming.seed_changelog`), so the worker runs warm.
 """
@@ -47,6 +50,7 @@ import orjson
 
 from bench import ann as ann_bench
 from bench import core_cost, latency_probe, report, streaming
+from bench import pages as pages_bench
 from bench import restart as restart_bench
 from bench import stats_memory as stats_memory_bench
 from stream_reco.settings import Settings
@@ -581,6 +585,8 @@ def run(settings: Settings, quick: bool, output: Path, ann_sizes: tuple[int, ...
     result["restart"] = guarded("restart", lambda: restart_bench.run(settings, quick, seed, drop_env, log))
     log("stats_memory: statistics memory per million events")
     result["stats_memory"] = guarded("stats_memory", lambda: stats_memory_bench.run(settings, quick, seed, log))
+    log("pages: pull latency (direct vs forwarded) and stock-change refresh through two workers")
+    result["pages"] = guarded("pages", lambda: pages_bench.run(settings, quick, seed, drop_env, log))
     result["wall_s"] = time.perf_counter() - started
     result["environment"]["load_average_end"] = list(os.getloadavg())
     report.write(result, output)

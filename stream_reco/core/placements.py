@@ -40,7 +40,7 @@ from stream_reco.core.candidates import (
     CandidatePool,
 )
 from stream_reco.core.events import PLACEMENTS
-from stream_reco.core.state import VisitorState
+from stream_reco.core.state import EVENT_CODES, VisitorState
 from stream_reco.core.stats import CoVisitation
 from stream_reco.settings import CoreSettings
 
@@ -58,8 +58,8 @@ PERSONAL_SHARE = 0.3
 RELATED_WEIGHT = 1.0
 #: blend weight of the product's embedding neighbours (what carries items nobody co-viewed yet)
 SIMILAR_WEIGHT = 0.5
-#: event codes of the stored history (core/state.py `EVENT_CODES`) that put an item in or take it out of a cart
-ADD_TO_CART_CODE, PURCHASE_CODE = 1, 2
+#: event codes of the stored history that put an item in a cart or take it out
+ADD_TO_CART_CODE, PURCHASE_CODE = EVENT_CODES["add_to_cart"], EVENT_CODES["purchase"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +152,15 @@ def anchored_candidates(
         return
     scores: dict[str, float] = {}
     strongest: dict[str, tuple[float, str]] = {}  # item -> (weight, anchor) of its strongest co-visit
-    for anchor in context.anchors:  # every cart item counts the same: a cart has no order of importance
-        for item, w in covis.neighbours(anchor).items():
+    for anchor in context.anchors:
+        neighbours = covis.neighbours(anchor)
+        top = max(neighbours.values(), default=0.0)
+        if top <= 0:
+            continue
+        for item, w in neighbours.items():
+            w /= top  # each cart item counts the same, however often it is viewed: a cart has no order
             scores[item] = scores.get(item, 0.0) + w
-            if w > strongest.get(item, (0.0, ""))[0]:
+            if item not in strongest or w > strongest[item][0]:
                 strongest[item] = (w, anchor)
     for item, s in heapq.nsmallest(n, scores.items(), key=lambda kv: (-kv[1], kv[0])):
         pool._add(item)

@@ -13,7 +13,6 @@ item id strings are shared with the catalogue): 97 MB for 100 k visitors whose l
 recommendations topic itself (`StockRefresh.learn_pushed`). A visitor dropped from the index is not refreshed
 on a stock change: that list is corrected at the visitor's next event; a pull (`GET /recommendations/...`) is
 always computed afresh, so it never shows the item.
-
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from stream_reco.settings import Settings
 pytestmark = pytest.mark.integration
 
 STREAM_RECO = str(Path(sys.executable).with_name("stream-reco"))
-#: the quick profile aims at < 2 minutes; leave room for a busy shared machine
-QUICK_TIMEOUT_S = 280
+#: the quick profile aims at < 3.5 minutes (pages included); leave room for a busy shared machine
+QUICK_TIMEOUT_S = 340
 SECTIONS = ("environment", "throughput", "freshness", "ann", "memory", "scaling")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,6 +65,10 @@ def test_quick_bench_writes_a_complete_valid_result(kafka_settings: Settings, tm
     assert result["memory"]["bytes_per_visitor_serialised_mean"] > 0
     assert result["memory"]["worker"]["rss_end_bytes"] > 0
     assert len(result["scaling"]["worker"]) >= 2 and result["scaling"]["sentence"]
+    pages = result["pages"]  # two workers: pulls direct and forwarded, and the stock-change refresh
+    assert "error" not in pages, pages.get("error")
+    assert pages["pulls"]["ms"]["direct"]["n"] > 0 and pages["pulls"]["ms"]["forwarded"]["n"] > 0
+    assert pages["refresh"]["items"] and all(i["affected"] > 0 for i in pages["refresh"]["items"])
 
     numbers = _numbers(result)
     assert numbers, "no numbers at all"
