@@ -186,7 +186,8 @@ class RecoWorker:
         self.join_agent = JoinAgent(settings, app, self.recommender, self.store, self.recovery,
                                     self.join_forwarder, self.ingest, self.stats, self.joins_topic,
                                     self.apply_lock, self.applying)
-        self.stock_refresh = StockRefresh(self.pushed, self.ingest.refresh, self._owns, self.apply_lock, self.stats)
+        self.stock_refresh = StockRefresh(self.pushed, self.ingest.refresh, self.ingest.drop_withdrawn, self._owns,
+                                          self.apply_lock, self.stats)
         self.catalog_feed = CatalogFeed(settings, self.recommender, self.stats, self.ingest.dead_letter,
                                         self.stock_refresh.withdrawn)
         self.model_watch = ModelWatch(settings, self.recommender, self.stats, self.catalog_feed.ready)
@@ -207,6 +208,7 @@ class RecoWorker:
         app.task(self.catalog_feed.consume)
         app.task(self._run_stats_feed)
         app.task(self.stock_refresh.run)
+        app.task(self.stock_refresh.run_refill)
         if settings.stats_snapshot_interval_s > 0:
             app.timer(settings.stats_snapshot_interval_s)(guarded(self.save_snapshot))
         app.timer(settings.model_poll_s)(guarded(self.model_watch.watch_model))

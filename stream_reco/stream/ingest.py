@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stream_reco import schemas
-from stream_reco.core.events import Event, Recommendation
+from stream_reco.core.events import Event, Recommendation, new_list_id
 from stream_reco.core.recommender import Recommender
 from stream_reco.settings import Settings
 from stream_reco.stream import admission, faust_internals
@@ -210,17 +210,34 @@ class Ingest:
         rec = self.recommender.recommendation(key, now_ms=list_time_now(self.recommender))
         await self._send(key, rec, None)
 
+    async def drop_withdrawn(self, key: str, document: bytes) -> bytes | None:
+        """Publish the visitor's current list (`document`, as published) again without the items the catalogue
+        now marks unavailable, as a new list with no trigger (stream/refresh.py: the fast first pass); the bytes
+        published, or None when no item needed dropping."""
+        doc = orjson.loads(document)
+        catalog = self.recommender.catalog
+        kept = [i for i in doc["items"] if (item := catalog.get(i["item_id"])) is None or item.recommendable]
+        if len(kept) == len(doc["items"]):
+            return None
+        doc.update(items=kept, list_id=new_list_id(), trigger_event_id=None)
+        doc.pop("latency_ms", None)
+        return await self._send_document(key, doc, [i["item_id"] for i in kept], None)
+
     async def _send(self, key: str, rec: Recommendation, trigger_ms: float | None) -> None:
+        await self._send_document(key, rec.to_dict(), [item.item_id for item in rec.items], trigger_ms)
+
+    async def _send_document(self, key: str, doc: dict[str, Any], items: list[str], trigger_ms: float | None
+                             ) -> bytes:
         """Stamp the publication time (and the latency from the trigger's timestamp), send, and remember which
         items the visitor's current list shows (stream/pushed.py)."""
-        doc = rec.to_dict()
         now_ms = time.time() * 1000.0
         doc["generated_at"] = int(now_ms)
         if trigger_ms is not None:
             doc["latency_ms"] = round(max(now_ms - trigger_ms, 0.0), 3)
         value = orjson.dumps(doc)
         await self.recommendations_topic.send(key=key.encode(), value=value)
-        self.pushed.record(key, (item.item_id for item in rec.items))
+        self.pushed.record(key, items, value)
+        return value
 
     async def failed(self, msg: Any, raw: bytes | bytearray | None, exc: Exception) -> None:
         """A message whose handling raised: logged, counted and dead-lettered with the exception as the reason."""

@@ -7,12 +7,13 @@ shows item X" without reading anything back: the event path records every list i
 the stock refresh (stream/refresh.py) asks `showing(item)`.
 
 Bounded: at most `cap` visitors (the `pushed_lists_max_visitors` setting), least recently published dropped
-first. Memory is about 1 kB per visitor with 10-item lists (the tuple of ids, the dict entry, ten set entries;
-item id strings are shared with the catalogue): 97 MB for 100 k visitors whose lists draw from 100 k items
-(tracemalloc). Lists published before this worker started or took a partition over are learned from the
-recommendations topic itself (`StockRefresh.learn_pushed`). A visitor dropped from the index is not refreshed
-on a stock change: that list is corrected at the visitor's next event; a pull (`GET /recommendations/...`) is
-always computed afresh, so it never shows the item.
+first. Memory: the list's bytes (~1.5 kB with titles and categories) plus about 1 kB of index per visitor
+with 10-item lists (the tuple of ids, the dict entry, ten set entries; item id strings are shared with the
+catalogue; 97 MB of index for 100 k visitors whose lists draw from 100 k items, tracemalloc). Lists published
+before this worker started or took a partition over are learned from the recommendations topic itself
+(`StockRefresh.learn_pushed`). A visitor dropped from the index is not refreshed on a stock change: that list is
+corrected at the visitor's next event; a pull (`GET /recommendations/...`) is always computed afresh, so it
+never shows the item.
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ from collections.abc import Iterable
 
 
 class PushedLists:
-    """visitor -> item ids of the latest list published for it, and the reverse index item -> visitors."""
+    """visitor -> the latest list published for it (its item ids and its bytes), and the reverse index
+    item -> visitors. The bytes let a withdrawn item be dropped from a list at once, without computing it."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._lists: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._lists: OrderedDict[str, tuple[tuple[str, ...], bytes | None]] = OrderedDict()
         self._showing: dict[str, set[str]] = {}
 
-    def record(self, visitor: str, items: Iterable[str]) -> None:
-        """`visitor`'s current pushed list is now `items` (replacing the previous one)."""
+    def record(self, visitor: str, items: Iterable[str], document: bytes | None = None) -> None:
+        """`visitor`'s current pushed list is now `items` (`document`: the published bytes)."""
         self.forget(visitor)
         if self.cap <= 0:
             return
         ids = tuple(items)
-        self._lists[visitor] = ids
+        self._lists[visitor] = (ids, document)
         for item in ids:
             self._showing.setdefault(item, set()).add(visitor)
         while len(self._lists) > self.cap:
@@ -43,8 +45,8 @@ class PushedLists:
 
     def forget(self, visitor: str) -> None:
         """Drop `visitor` (expired, or its list replaced)."""
-        ids = self._lists.pop(visitor, None)
-        for item in ids or ():
+        entry = self._lists.pop(visitor, None)
+        for item in entry[0] if entry else ():
             visitors = self._showing.get(item)
             if visitors is not None:
                 visitors.discard(visitor)
@@ -56,7 +58,13 @@ class PushedLists:
         return set(self._showing.get(item, ()))
 
     def items_of(self, visitor: str) -> tuple[str, ...] | None:
-        return self._lists.get(visitor)
+        entry = self._lists.get(visitor)
+        return entry[0] if entry else None
+
+    def document(self, visitor: str) -> bytes | None:
+        """The bytes of the visitor's current pushed list, when known."""
+        entry = self._lists.get(visitor)
+        return entry[1] if entry else None
 
     def __len__(self) -> int:
         return len(self._lists)

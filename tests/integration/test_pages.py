@@ -46,6 +46,7 @@ def test_a_withdrawn_item_leaves_every_pushed_list_showing_it_without_any_event(
     visitors = [Visit(settings, reader, session=f"s-idle-{n}") for n in range(3)]
     lists = {v.session: v.send("view", "table-1", page_category="Furniture/Living room/Coffee tables")
              for v in visitors}
+    assert all("table-1" not in ids(rec) for rec in lists.values()), "the viewed item is never in its own list"
     shown_by_all = set.intersection(*(set(ids(rec)) for rec in lists.values()))
     assert shown_by_all, lists
     gone = sorted(shown_by_all)[0]
@@ -61,14 +62,21 @@ def test_a_withdrawn_item_leaves_every_pushed_list_showing_it_without_any_event(
     send_items(settings, [{**item, "in_stock": False, "updated_at": T0 + 10**7}])
 
     def refreshed(_: list) -> bool:
-        return all(any(d["trigger_event_id"] is None for d in reader.lists_for(s)) for s in lists)
+        return all(any(d["trigger_event_id"] is None and len(d["items"]) == LIST_SIZE for d in reader.lists_for(s))
+                   for s in lists)
 
-    reader.wait_for(refreshed, timeout=20)
+    reader.wait_for(lambda _: all(any(d["trigger_event_id"] is None for d in reader.lists_for(s)) for s in lists),
+                    timeout=20)
     took = time.monotonic() - sent
+    reader.wait_for(refreshed, timeout=20)
     for session in lists:
         fresh = [d for d in reader.lists_for(session) if d["trigger_event_id"] is None]
         assert fresh, f"{session}: no refreshed list\n{worker.output()}"
+        # at once: the published list without the item; then the list computed afresh, full length again
+        assert gone not in ids(fresh[0]) and len(fresh[0]["items"]) == LIST_SIZE - 1, fresh[0]
+        assert ids(fresh[0]) == [i for i in ids(lists[session]) if i != gone]
         assert gone not in ids(fresh[-1]) and len(fresh[-1]["items"]) == LIST_SIZE, fresh[-1]
+        assert fresh[0]["list_id"] != lists[session]["list_id"] != fresh[-1]["list_id"]
     assert took < 10, f"refresh took {took:.1f} s"
     assert all(d["trigger_event_id"] is not None for d in reader.lists_for("s-bystander")), \
         "a list that did not show the item is left alone"

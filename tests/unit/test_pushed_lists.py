@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from stream_reco.stream.pushed import PushedLists
-from stream_reco.stream.refresh import CHUNK, StockRefresh
+from stream_reco.stream.refresh import DROP_CHUNK, StockRefresh
 from stream_reco.stream.store import WorkerStats
 
 
@@ -34,39 +34,71 @@ def test_the_index_is_bounded_least_recently_published_first() -> None:
     assert len(off) == 0 and off.showing("a") == set()
 
 
-def run_refresh(pushed: PushedLists, owned: set[str], fail: set[str] = frozenset()) -> tuple[list[str], int, WorkerStats]:  # noqa: E501
-    published: list[str] = []
-    lock = asyncio.Lock()
-    stats = WorkerStats()
+class Fake:
+    """The worker side of a refresh: full recomputations and fast drops, recorded."""
 
-    async def publish(visitor: str) -> None:
-        assert lock.locked(), "lists are computed under the apply lock"
-        if visitor in fail:
+    def __init__(self, pushed: PushedLists, lock: asyncio.Lock, fail: set[str] = frozenset()) -> None:
+        self.pushed, self.lock, self.fail = pushed, lock, fail
+        self.computed: list[str] = []
+        self.dropped: list[str] = []
+
+    async def publish(self, visitor: str) -> None:
+        assert self.lock.locked(), "lists are computed under the apply lock"
+        if visitor in self.fail:
             raise RuntimeError("boom")
-        published.append(visitor)
-        pushed.record(visitor, ["fresh"])
+        self.computed.append(visitor)
+        self.pushed.record(visitor, ["fresh"], b"full")
 
-    refresh = StockRefresh(pushed, publish, lambda v: v in owned, lock, stats)
-    refresh.withdrawn("sold-out")
-    done = asyncio.run(refresh.refresh_pending())
-    return published, done, stats
+    async def drop(self, visitor: str, document: bytes) -> bytes | None:
+        assert self.lock.locked()
+        if visitor in self.fail:
+            raise RuntimeError("boom")
+        self.dropped.append(visitor)
+        kept = [i for i in (self.pushed.items_of(visitor) or ()) if i != "sold-out"]
+        value = b"shorter:" + visitor.encode()
+        self.pushed.record(visitor, kept, value)
+        return value
 
 
-def test_only_the_lists_showing_the_item_on_owned_partitions_are_republished() -> None:
+def refresher(pushed: PushedLists, owned: set[str], fail: set[str] = frozenset()) -> tuple[StockRefresh, Fake]:
+    lock = asyncio.Lock()
+    fake = Fake(pushed, lock, fail)
+    return StockRefresh(pushed, fake.publish, fake.drop, lambda v: v in owned, lock, WorkerStats()), fake
+
+
+def test_only_the_lists_showing_the_item_on_owned_partitions_are_republished_at_once_then_refilled() -> None:
     pushed = PushedLists(cap=100)
-    pushed.record("mine-1", ["sold-out", "x"])
-    pushed.record("mine-2", ["x"])
-    pushed.record("theirs", ["sold-out"])
-    published, done, stats = run_refresh(pushed, owned={"mine-1", "mine-2"})
-    assert published == ["mine-1"] and done == 1 and stats.counts["lists_refreshed"] == 1
+    pushed.record("mine-1", ["sold-out", "x"], b"doc-1")
+    pushed.record("mine-2", ["x"], b"doc-2")
+    pushed.record("theirs", ["sold-out"], b"doc-3")
+    pushed.record("learned-without-bytes", ["sold-out"])
+    refresh, fake = refresher(pushed, owned={"mine-1", "mine-2", "learned-without-bytes"})
+    refresh.withdrawn("sold-out")
+    assert asyncio.run(refresh.refresh_pending()) == 2
+    assert fake.dropped == ["mine-1"] and fake.computed == ["learned-without-bytes"]
     assert pushed.showing("sold-out") == set(), "the other worker's visitor is forgotten here, not republished"
+    assert refresh.stats.counts["lists_refreshed"] == 2
+    assert asyncio.run(refresh.refill_some()) == 1, "the shortened list is computed afresh afterwards"
+    assert fake.computed == ["learned-without-bytes", "mine-1"] and not refresh.refill
+
+
+def test_a_list_replaced_by_the_visitors_own_next_list_is_not_recomputed() -> None:
+    pushed = PushedLists(cap=100)
+    pushed.record("u-1", ["sold-out", "x"], b"doc")
+    refresh, fake = refresher(pushed, owned={"u-1"})
+    refresh.withdrawn("sold-out")
+    asyncio.run(refresh.refresh_pending())
+    pushed.record("u-1", ["y"], b"after the visitor's next event")
+    assert asyncio.run(refresh.refill_some()) == 0 and fake.computed == []
 
 
 def test_a_failing_list_does_not_stop_the_refresh_and_chunks_cover_everyone() -> None:
-    pushed = PushedLists(cap=1000)
-    visitors = [f"u-{i:03d}" for i in range(CHUNK * 2 + 5)]
+    pushed = PushedLists(cap=5000)
+    visitors = [f"u-{i:04d}" for i in range(DROP_CHUNK * 2 + 5)]
     for v in visitors:
-        pushed.record(v, ["sold-out"])
-    published, done, stats = run_refresh(pushed, owned=set(visitors), fail={"u-007"})
-    assert sorted(published) == [v for v in visitors if v != "u-007"] and done == len(visitors) - 1
-    assert stats.counts["failed_lists"] == 1
+        pushed.record(v, ["sold-out"], b"doc")
+    refresh, fake = refresher(pushed, owned=set(visitors), fail={"u-0007"})
+    refresh.withdrawn("sold-out")
+    done = asyncio.run(refresh.refresh_pending())
+    assert sorted(fake.dropped) == [v for v in visitors if v != "u-0007"] and done == len(visitors) - 1
+    assert refresh.stats.counts["failed_lists"] == 1
