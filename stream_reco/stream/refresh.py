@@ -59,6 +59,8 @@ class StockRefresh:
         #: lists republished shorter, to compute afresh: visitor -> the bytes the first pass published
         self.refill: dict[str, bytes] = {}
         self.refill_wake = asyncio.Event()
+        #: a first pass is running
+        self.dropping = False
 
     def withdrawn(self, item_id: str) -> None:
         """The catalogue marked `item_id` out of stock or deleted: refresh the lists that show it."""
@@ -78,6 +80,9 @@ class StockRefresh:
             await self.refill_wake.wait()
             self.refill_wake.clear()
             while self.refill:
+                if self.pending or self.dropping:  # a first pass goes first: it is what the 1 s promise is about
+                    await asyncio.sleep(0.05)
+                    continue
                 await self.refill_some()
 
     async def learn_pushed(self, settings: Settings) -> int:
@@ -114,6 +119,13 @@ class StockRefresh:
 
     async def refresh_pending(self) -> int:
         """The first pass: every list that shows a pending item, republished without it; the number of lists."""
+        self.dropping = True
+        try:
+            return await self._drop_pending()
+        finally:
+            self.dropping = False
+
+    async def _drop_pending(self) -> int:
         items, self.pending = self.pending, set()
         visitors: set[str] = set()
         for item in items:
