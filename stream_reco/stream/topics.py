@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 CREATE_ATTEMPTS = 5  # a retriable creation error is tried this often
 CREATE_RETRY_S = 1.0  # ... waiting this much longer each time
+VISIBLE_TIMEOUT_S = 30.0  # longest wait for created topics to show in the broker's metadata
+VISIBLE_POLL_S = 0.2
 
 # the latest list per visitor is what matters: compaction keeps exactly that
 COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
@@ -65,9 +67,35 @@ async def ensure_topics_async(settings: Settings, extra: list[NewTopic] | None =
                 created.append(topic.name)
         if created:
             log.info("created topics %s", created)
+            await wait_visible(admin, {t.name: t.num_partitions for t in wanted if t.name in created})
         return created
     finally:
         await admin.close()
+
+
+async def wait_visible(admin: AIOKafkaAdminClient, partitions: dict[str, int],
+                       timeout_s: float = VISIBLE_TIMEOUT_S) -> bool:
+    """Wait until the broker's metadata shows every topic of `partitions` with that many partitions, each with
+    a leader; False (and a warning) if it does not within `timeout_s`.
+
+    Why: a broker that has only just started (the demo's, a CI job's) acknowledges a creation before its
+    metadata shows the topic. A faust worker that subscribes in that moment is told the events topic is missing,
+    ignores it ("Ignoring missing topic"), and consumes nothing until its next metadata refresh, minutes later:
+    the demo published no list at all."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    missing = sorted(partitions)
+    while True:
+        described = await admin.describe_topics(sorted(partitions))
+        ready = {t["topic"] for t in described
+                 if t["error_code"] == 0 and len(t["partitions"]) == partitions.get(t["topic"])
+                 and all(p["leader"] >= 0 for p in t["partitions"])}
+        missing = sorted(set(partitions) - ready)
+        if not missing:
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            log.warning("topics %s created but not in the broker's metadata after %.0f s", missing, timeout_s)
+            return False
+        await asyncio.sleep(VISIBLE_POLL_S)
 
 
 async def _create(admin: AIOKafkaAdminClient, topic: NewTopic) -> bool:
