@@ -158,7 +158,8 @@ class Settings:
         "events learned; 0 turns snapshots off", "worker")
     pushed_lists_max_visitors: int = _doc(
         100_000, "visitors whose current pushed list a worker remembers, so that a list showing an item that goes out "
-        "of stock or is deleted is republished without it (~1 kB each; least recently published dropped: their "
+        "of stock or is deleted is republished without it (~3 kB each: the list as published and its index; least "
+        "recently published dropped: their "
         "list is corrected at their next event)", "worker")
     stats_feed_max_visitors: int = _doc(
         50_000, "visitors of other workers' partitions whose last items the statistics feed keeps for co-visitation "

@@ -7,7 +7,7 @@ shows item X" without reading anything back: the event path records every list i
 the stock refresh (stream/refresh.py) asks `showing(item)`.
 
 Bounded: at most `cap` visitors (the `pushed_lists_max_visitors` setting), least recently published dropped
-first. Memory: the list's bytes (~1.5 kB with titles and categories) plus about 1 kB of index per visitor
+first. Memory: the list's bytes (~2 kB with titles and categories) plus about 1 kB of index per visitor
 with 10-item lists (the tuple of ids, the dict entry, ten set entries; item id strings are shared with the
 catalogue; 97 MB of index for 100 k visitors whose lists draw from 100 k items, tracemalloc). Lists published
 before this worker started or took a partition over are learned from the recommendations topic itself
