@@ -160,7 +160,8 @@ class HttpView:
             n = _count(request.query)
         except BadRequest as exc:
             return web.json({"error": str(exc)}, status=400)
-        if self.recommender.catalog.get(item_id) is None:
+        known = self.recommender.catalog.get(item_id)
+        if known is None or known.deleted:  # a deleted item is kept as a tombstone, unknown to the shop
             return web.json({"error": f"item {item_id[:80]!r} is not in the catalog"}, status=404)
         rec = self.recommender.similar(item_id, now_ms=list_time_now(self.recommender), k=n)
         return web.bytes(orjson.dumps(rec.to_dict()), content_type="application/json")
