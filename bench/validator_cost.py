@@ -36,7 +36,9 @@ import orjson
 from jsonschema import Draft202012Validator
 
 from stream_reco import schemas
-from stream_reco.core.events import EVENT_TYPES
+
+# the four behaviour types of the original mix (feedback events are measured elsewhere)
+EVENT_TYPES = ("view", "add_to_cart", "purchase", "dismiss")
 
 TARGET_US_PER_EVENT = 50.0
 T0 = 1_764_150_000_000

@@ -23,8 +23,9 @@ Formats:
 * **JSONL** (``.jsonl``, ``.ndjson``, ``.json``): one contract document per line; blank lines are skipped.
 * **CSV** (``.csv``, events only): a header row naming the columns ``event_id, event_type, user_id,
   session_id, item_id, timestamp`` (required, in any order) and optionally ``page_category, quantity, price,
-  reason`` (which go to ``context``). Empty cells mean absent. ``timestamp`` is epoch milliseconds or an ISO
-  8601 date-time (UTC when it has no offset).
+  reason, list_id, position, shown`` (which go to ``context``; ``shown``, an impression's item ids in display
+  order, separated by ``|``). Empty cells mean absent (an impression's ``item_id`` may be empty).
+  ``timestamp`` is epoch milliseconds or an ISO 8601 date-time (UTC when it has no offset).
 * Either may be gzip-compressed (``.gz`` after the format's suffix). A file whose suffix says nothing is
   sniffed: JSONL if its first non-blank character is ``{``, CSV otherwise.
 """
@@ -60,7 +61,9 @@ SNIFF_BYTES = 4096  # enough to find the first non-blank character of any real f
 COUNT_CHUNK_BYTES = 1 << 20
 
 CSV_REQUIRED = ("event_id", "event_type", "user_id", "session_id", "item_id", "timestamp")
-CSV_CONTEXT = ("page_category", "quantity", "price", "reason")
+CSV_CONTEXT = ("page_category", "quantity", "price", "reason", "list_id", "position", "shown")
+#: separates the item ids of an impression's `shown` in one CSV cell (item ids in real shops hold no `|`)
+CSV_SHOWN_SEP = "|"
 CSV_COLUMNS = CSV_REQUIRED + CSV_CONTEXT
 
 
@@ -254,6 +257,15 @@ def _csv_row_to_event(row: dict[str, str]) -> dict[str, Any]:
         ctx["page_category"] = cell["page_category"]
     if cell.get("reason"):
         ctx["reason"] = cell["reason"]
+    if cell.get("list_id"):
+        ctx["list_id"] = cell["list_id"]
+    if cell.get("shown"):
+        ctx["shown"] = [s.strip() for s in cell["shown"].split(CSV_SHOWN_SEP)]
+    if cell.get("position"):
+        try:
+            ctx["position"] = int(cell["position"])
+        except ValueError:
+            raise InvalidMessage(f"{cell['position']!r} is not an integer", "context.position") from None
     if cell.get("quantity"):
         try:
             ctx["quantity"] = int(cell["quantity"])

@@ -221,12 +221,15 @@ def decode_event(raw: bytes | bytearray | memoryview | None, max_bytes: int = DE
         # The schema lets JSON say 2.0 for an integer and 499 for a number; give the record its declared types.
         quantity = ctx.get("quantity")
         price = ctx.get("price")
-        if type(quantity) is float or type(price) is int:
+        position = ctx.get("position")
+        if type(quantity) is float or type(price) is int or type(position) is float:
             ctx = dict(ctx)
             if type(quantity) is float:
                 ctx["quantity"] = int(quantity)
             if type(price) is int:
                 ctx["price"] = float(price)
+            if type(position) is float:
+                ctx["position"] = int(position)
             doc["context"] = ctx
     try:
         return Event.from_dict(doc)

@@ -18,13 +18,26 @@ AttributeValue = str | tuple[str, ...]
 PLACEMENTS: tuple[str, ...] = ("home", "product", "cart", "category")
 LIST_ID_PREFIX = "l-"
 
-EventType = Literal["view", "add_to_cart", "purchase", "dismiss"]
-EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
+EventType = Literal["view", "add_to_cart", "purchase", "dismiss", "impression", "click"]
+EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss", "impression", "click")
+#: what the visitor did (every event type but `impression`, which is what the shop showed)
+ACTION_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss", "click")
+#: event types that record what the shop showed, not what the visitor did: accepted and deduplicated, but they
+#: change no visitor state or statistics and trigger no list (docs/contracts.md, "Feedback events")
+SHOWN_TYPES: frozenset[str] = frozenset({"impression"})
 CATEGORY_SEP = "/"
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One contract event (docs/contracts.md, "Event" and "Feedback events").
+
+    `item_id` is "" for an impression without one (the schema lets an impression leave it out: its items are
+    `shown`), so the field stays a plain `str` for every consumer that reads one item per event.
+    `list_id` (impression, click, add_to_cart, purchase), `shown` (impression: the ids in display order) and
+    `position` (click, 1-based) come from `context` and are None when absent.
+    """
+
     event_id: str
     event_type: EventType
     item_id: str
@@ -35,6 +48,14 @@ class Event:
     quantity: int | None = None
     price: float | None = None
     reason: str | None = None
+    list_id: str | None = None
+    shown: tuple[str, ...] | None = None
+    position: int | None = None
+
+    @property
+    def is_shown(self) -> bool:
+        """True for an event that records what the shop showed (`SHOWN_TYPES`), not what the visitor did."""
+        return self.event_type in SHOWN_TYPES
 
     @property
     def visitor_key(self) -> str:
@@ -47,7 +68,7 @@ class Event:
         return cls(
             event_id=d["event_id"],
             event_type=d["event_type"],
-            item_id=d["item_id"],
+            item_id=d.get("item_id") or "",
             timestamp=int(d["timestamp"]),
             user_id=d.get("user_id"),
             session_id=d.get("session_id"),
@@ -55,15 +76,19 @@ class Event:
             quantity=ctx.get("quantity"),
             price=ctx.get("price"),
             reason=ctx.get("reason"),
+            list_id=ctx.get("list_id"),
+            shown=tuple(shown) if (shown := ctx.get("shown")) is not None else None,
+            position=ctx.get("position"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "event_id": self.event_id,
             "event_type": self.event_type,
-            "item_id": self.item_id,
-            "timestamp": self.timestamp,
         }
+        if self.item_id:  # "" only for an impression without an item (see the class docstring)
+            d["item_id"] = self.item_id
+        d["timestamp"] = self.timestamp
         if self.user_id is not None:
             d["user_id"] = self.user_id
         if self.session_id is not None:
@@ -75,6 +100,9 @@ class Event:
                 ("quantity", self.quantity),
                 ("price", self.price),
                 ("reason", self.reason),
+                ("list_id", self.list_id),
+                ("shown", list(self.shown) if self.shown is not None else None),
+                ("position", self.position),
             )
             if v is not None
         }

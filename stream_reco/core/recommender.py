@@ -82,7 +82,7 @@ PRIORS_UNTIL_KEY = "last_event_ms"
 #: can move the clock N days; a worker passes its wall clock (plus skew) as `now_ms`, which bounds it.
 MAX_CLOCK_STEP_MS = 86_400_000
 #: event types whose item is on the visitor's screen when the list they trigger is shown: that item is never in it
-TRIGGER_EXCLUDED_TYPES = frozenset({"view", "add_to_cart"})
+TRIGGER_EXCLUDED_TYPES = frozenset({"view", "add_to_cart", "click"})
 
 
 @runtime_checkable
@@ -222,6 +222,11 @@ class Recommender:
             if merged:
                 store.put(key, state)
             return False
+        if event.is_shown:  # an impression: what the shop showed moves no state, statistic or clock; dedup only
+            state.note_shown(event, self.settings)
+            store.put(key, state)
+            self.n_observed += 1
+            return True
 
         item = self.catalog.get(event.item_id)
         vector = self.catalog.vector(event.item_id) if item is not None else None
@@ -252,8 +257,11 @@ class Recommender:
         partitions. Learns exactly what `observe` would (same applied time and shop clock, priors skip,
         co-visitation window and weights, in-session rule, popularity, session index, login joins, duplicates),
         with the visitor's past taken from `contexts` (a bounded LRU of light contexts; see
-        core/stats_context.py for where the two can differ: only at its bounds). False for a duplicate.
+        core/stats_context.py for where the two can differ: only at its bounds). False for a duplicate, and for
+        an impression, which teaches the statistics nothing (so its duplicates cannot either).
         """
+        if event.is_shown:
+            return False
         at = self.applied_time(event, now_ms)
         if at != event.timestamp:
             event = dataclasses.replace(event, timestamp=at)
@@ -551,8 +559,10 @@ class Recommender:
         )
 
     def process(self, event: Event, now_ms: int | None = None) -> Recommendation | None:
-        """Observe the event, then the visitor's new list at the time it was applied; None for a duplicate."""
-        if not self.observe(event, now_ms=now_ms):
+        """Observe the event, then the visitor's new list at the time it was applied; None for a duplicate, and
+        for an impression: the shop just showed a list, and answering each impression with a new one would
+        replace the list on screen (and loop with a shop that reports every list it shows)."""
+        if not self.observe(event, now_ms=now_ms) or event.is_shown:
             return None
         at = self.last_applied_ms if self.last_applied_ms is not None else int(event.timestamp)
         return self.recommendation(event.visitor_key, at, trigger=event)

@@ -51,8 +51,11 @@ from stream_reco.core.interests import (
 from stream_reco.core.limits import MAX_SESSION_CATEGORIES, optional_category_key
 from stream_reco.settings import CoreSettings
 
-#: compact codes of event types in the stored history (keeps to_bytes small)
-EVENT_CODES: dict[str, int] = {"view": 0, "add_to_cart": 1, "purchase": 2, "dismiss": 3}
+#: compact codes of event types in the stored history (keeps to_bytes small). The codes are 2-bit (0-3) in the
+#: stored state and in schemas/join.schema.json, read by every worker and by states written before: a click is
+#: stored as a view (code 0), the positive signal it is, so the state format and old states stay as they are.
+#: An impression is never stored in the history (`VisitorState.note_shown`).
+EVENT_CODES: dict[str, int] = {"view": 0, "add_to_cart": 1, "purchase": 2, "dismiss": 3, "click": 0}
 CODE_TYPES: tuple[str, ...] = ("view", "add_to_cart", "purchase", "dismiss")
 #: codes of the events that express interest (a dismissal does not)
 POSITIVE_CODES = frozenset({0, 1, 2})
@@ -80,7 +83,12 @@ class StateError(ValueError):
 
 
 def event_weight(settings: CoreSettings, event_type: str) -> float:
-    """Pull of one event on the visitor's interests (negative for a dismissal), from the settings."""
+    """Pull of one event on the visitor's interests (negative for a dismissal), from the settings.
+
+    A type without its own `weight_<type>` setting pulls like a view: a click on a recommended item is the
+    same interest a view shows (and the product page it opens is usually sent as a view too, so a heavier
+    click would count the item twice), so it has no setting of its own until a shop has a reason to tune it.
+    """
     return float(getattr(settings, f"weight_{event_type}", settings.weight_view))
 
 
@@ -222,6 +230,19 @@ class VisitorState:
         return unit(w @ np.stack([it.vector for it in self.interests]))
 
     # --- writing ---
+
+    def note_shown(self, event: Event, settings: CoreSettings) -> None:
+        """Record an event that says what the shop showed (an impression): its id only, for deduplication.
+
+        An impression is not something the visitor did, so it moves nothing else: no history, time, session,
+        interest or count. Keeping its id in the dedup window is what makes a redelivered impression a
+        duplicate, like any other event, for whoever counts impressions downstream.
+        """
+        self._added += _json_cost(event.event_id) + ENTRY_OVERHEAD
+        self.event_ids.append(event.event_id)
+        if len(self.event_ids) > settings.dedup_window:
+            del self.event_ids[: len(self.event_ids) - settings.dedup_window]
+        self.keep_within(settings.max_state_bytes)
 
     def apply(
         self,

@@ -188,6 +188,8 @@ def evaluate(
     quality = next((o.quality for o in outcomes if o.quality is not None), None)
     model = next((o.model for o in outcomes if o.model is not None), None)
     extra: dict[str, Any] = {"settings": settings.masked(), "jobs": min(jobs, len(tasks)) if jobs > 1 else 1}
+    if loaded.impressions_skipped:
+        extra["impressions_skipped"] = loaded.impressions_skipped
     if model is not None:
         extra["model"] = model
     report = build_report(
@@ -231,10 +233,15 @@ def evaluate(
               help="Also re-run our method with each product rule switched off in turn (purchase suppression, "
                    "category cap, seen-in-session penalty) and report what each rule costs; one more run of "
                    "our method per rule.")
+@click.option("--targets-include-clicks", "clicks_as_targets", is_flag=True,
+              help="Also score clicks as next-item targets. By default a click is learned as a signal of interest "
+                   "but is no target: it is mostly the product of the list the shop had on screen, which the "
+                   "replayed method did not show, so scoring it rewards copying the old recommender. Impressions "
+                   "(what the shop showed, not what the visitor did) are never targets and are left out.")
 @click.pass_obj
 def evaluate_cmd(state: Any, log_path: str | None, catalog: str | None, report_path: str | None,
                  dataset: str | None, max_events: int | None, methods: str, plots: bool, progress: bool,
-                 jobs: int, rule_prices: bool) -> None:
+                 jobs: int, rule_prices: bool, clicks_as_targets: bool) -> None:
     """Replay LOG (JSONL, a shared dataset file, or a dataset name) test-then-learn and report quality."""
     settings: Settings = state.settings
     source = log_path or dataset
@@ -248,7 +255,7 @@ def evaluate_cmd(state: Any, log_path: str | None, catalog: str | None, report_p
     t0 = time.perf_counter()
     try:
         loaded = load_log(resolve_log_path(source, settings.shared_data_dir), catalog, max_events=max_events,
-                          progress=progress)
+                          progress=progress, clicks_as_targets=clicks_as_targets)
     except (LogFormatError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     load_s = time.perf_counter() - t0

@@ -7,6 +7,14 @@ view-like signal with ``target=False``: every method learns from them, none is e
 Keeping them as views (instead of inventing an event type) means the core and the stream adapter need no
 special case; only the evaluation looks at the flag.
 
+Feedback events in the project's JSONL (docs/contracts.md, "Feedback events") are what a shop's real day of
+traffic holds once it reports the lists it showed: an `impression` is what the shop showed, not what the
+visitor did, so it is never a target and is left out of the replay altogether (it teaches no method anything,
+and it may carry no item); a `click` is learned as the signal of interest it is, and is a target only when asked
+(`clicks_as_targets`): by default the next item is scored on what the visitor chose to look at or buy on their
+own, and a click on a list is mostly the product of the list that was on screen, which the replayed method did
+not show, so scoring it would reward copying the shop's old recommender.
+
 Readers stream their file row by row through the project's one log reader, `stream_reco.logs` (constant
 memory; Diginetica keeps one session in memory because a session's time base is its earliest date).
 `load_log` then sorts the whole log by time with a stable sort, which the protocol needs for its 80/20
@@ -52,6 +60,8 @@ class LoadedLog:
 
     records: list[LogRecord]
     catalog: list[CatalogItem] = field(default_factory=list)
+    #: impressions the log held, left out of the replay (module docstring)
+    impressions_skipped: int = 0
     dataset: str = "jsonl"
     path: Path | None = None
     # half-life of the RPOP baseline for this dataset, per evaluation.md (JD: 1 h of its synthetic timeline)
@@ -139,16 +149,29 @@ def _int(row: dict[str, str], key: str, where: str) -> int:
 # --------------------------------------------------------------------------- the project's JSONL
 
 
-def iter_jsonl_events(path: str | os.PathLike[str], progress: bool = True) -> Iterator[LogRecord]:
+def iter_jsonl_events(path: str | os.PathLike[str], progress: bool = True, *, clicks_as_targets: bool = False,
+                      skipped: Callable[[Event], object] | None = None) -> Iterator[LogRecord]:
     """Contract events, one JSON object per line, validated by the contract's schema (`schemas.py`);
-    dismissals are learned but never targets."""
+    dismissals are learned but never targets, clicks are targets only with `clicks_as_targets`, and impressions
+    are left out (handed to `skipped`, when given): see the module docstring for why."""
     path = Path(path)
     bar = _Progress(path, f"read {path.name}", progress)
     try:
         for _, event in logs.read_events(path, bar.advance):
-            yield LogRecord(event, target=event.event_type != "dismiss")
+            if event.is_shown:
+                if skipped is not None:
+                    skipped(event)
+                continue
+            yield LogRecord(event, target=is_target(event, clicks_as_targets))
     finally:
         bar.close()
+
+
+def is_target(event: Event, clicks_as_targets: bool = False) -> bool:
+    """Whether the protocol scores a contract event as a next-item target (module docstring)."""
+    if event.event_type == "click":
+        return clicks_as_targets
+    return event.event_type not in ("dismiss", "impression")
 
 
 def iter_catalog_jsonl(path: str | os.PathLike[str]) -> Iterator[CatalogItem]:
@@ -364,18 +387,28 @@ def load_log(
     *,
     max_events: int | None = None,
     progress: bool = True,
+    clicks_as_targets: bool = False,
 ) -> LoadedLog:
     """Read a log of any known format, map it to contract events, sort it by time, and collect its catalog.
 
     `catalog` is a contract catalog JSONL whose items replace the ones the dataset implies; for a JSONL log
     without one, a `catalog.jsonl` beside it (what `stream-reco simulate` writes) is used. `max_events`
     keeps the first N events *by time* (a prefix of the timeline, so a subset is still a valid log).
+    A JSONL log's impressions are left out and counted (`impressions_skipped`); its clicks are targets only with
+    `clicks_as_targets` (module docstring).
     """
     path = Path(path)
     if not path.is_file():
         raise LogFormatError(f"{path}: no such log file")
     fmt = sniff_format(path)
-    records = sort_by_time(iter_log(path, fmt, progress=progress))
+    skipped: list[int] = [0]
+
+    def count(_: Event) -> None:
+        skipped[0] += 1
+
+    reader = (iter_jsonl_events(path, progress=progress, clicks_as_targets=clicks_as_targets, skipped=count)
+              if fmt == "jsonl" else iter_log(path, fmt, progress=progress))
+    records = sort_by_time(reader)
     if max_events is not None:
         records = records[: max(0, max_events)]
     items: dict[str, CatalogItem] = {i.item_id: i for i in iter_catalog(path, fmt)}
@@ -385,4 +418,4 @@ def load_log(
         items.update((i.item_id, i) for i in iter_catalog_jsonl(catalog))
     half_life = DATASETS[fmt].rpop_half_life_h if fmt in DATASETS else DAY_H
     return LoadedLog(records=records, catalog=list(items.values()), dataset=fmt, path=path,
-                     rpop_half_life_h=half_life)
+                     rpop_half_life_h=half_life, impressions_skipped=skipped[0])

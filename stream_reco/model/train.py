@@ -78,6 +78,7 @@ def _event_of(record: Any) -> Event:
 def _type_weights(settings: Settings) -> dict[str, float]:
     return {
         "view": settings.weight_view,
+        "click": settings.weight_view,  # a click is an interest like a view (core/state.py `event_weight`)
         "add_to_cart": settings.weight_add_to_cart,
         "purchase": settings.weight_purchase,
     }

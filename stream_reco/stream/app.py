@@ -46,6 +46,7 @@ from stream_reco.stream.http_view import HttpView
 from stream_reco.stream.ingest import Ingest
 from stream_reco.stream.join_agent import JoinAgent, JoinForwarder
 from stream_reco.stream.log_reader import LogEnds
+from stream_reco.stream.metrics import WorkerMetrics
 from stream_reco.stream.model_watch import ModelWatch
 from stream_reco.stream.pushed import PushedLists
 from stream_reco.stream.recovery import StatsRecovery
@@ -152,6 +153,9 @@ class RecoWorker:
 
         # --- state the parts share, handed to each ----------------------------------------------------
         self.stats = WorkerStats()
+        #: Prometheus metrics (`GET /metrics`), a registry of this worker's own; the counters are read from `stats`
+        self.metrics = WorkerMetrics(self.stats, topics=(settings.events_topic, settings.catalog_topic,
+                                                      topics.joins_topic(settings)))
         #: which items each visitor's current pushed list shows (stock refresh)
         self.pushed = PushedLists(settings.pushed_lists_max_visitors)
         #: one step at a time applies events: a batch, a join record, the repair of skipped ones, a sweep
@@ -182,7 +186,7 @@ class RecoWorker:
                                             self.joins_topic, self.active_partitions)
         self.ingest = Ingest(settings, self.recommender, self.store, self.recovery, self.join_forwarder,
                              self.stats, self.pushed, self.recommendations_topic, self.dead_letter_topic,
-                             self.apply_lock)
+                             self.apply_lock, self.metrics)
         self.join_agent = JoinAgent(settings, app, self.recommender, self.store, self.recovery,
                                     self.join_forwarder, self.ingest, self.stats, self.joins_topic,
                                     self.apply_lock, self.applying)
@@ -195,7 +199,8 @@ class RecoWorker:
                                self.applying, self.active_partitions, self.ingest.apply_alone)
         self.sweep = VisitorSweep(settings, app, self.store, self.pushed, self.stats, self.apply_lock,
                                   self.applying, self.active_partitions, lambda: self.ingest.stream_time_ms)
-        self.http_view = HttpView(app, self.recommender, self.stats, VISITORS_TABLE)
+        self.http_view = HttpView(app, self.recommender, self.stats, VISITORS_TABLE, metrics=self.metrics,
+                                  applying=self.applying, partitions=self.active_partitions)
         self.stats_feed = StatsFeed(settings, lambda: self.recommender, self.feed_contexts, self.recovery.counted,
                                     lambda: self.active_partitions)
 

@@ -2,6 +2,8 @@
 
     GET /recommendations/{visitor}?placement=home|product|cart|category&item=ID&category=PATH&n=N&exclude=ID,ID
     GET /items/{item_id}/similar?n=N
+    GET /healthz      200 while the worker applies events and publishes; 503 before that and once stopping
+    GET /metrics      Prometheus text format (stream/metrics.py)
 
 Any worker answers for any visitor. A visitor's state lives only on the worker that owns the visitor's events
 partition, so a worker that does not own it forwards the request there (faust's partition assignor knows every
@@ -17,6 +19,7 @@ faust's own pages (tables, router, statistics) are not part of the contract and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,7 @@ from yarl import URL
 
 from stream_reco.core.recommender import Recommender
 from stream_reco.stream.ingest import list_time_now
+from stream_reco.stream.metrics import WorkerMetrics
 from stream_reco.stream.store import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -113,12 +117,19 @@ def parse_pull(visitor: str, query: Any) -> Pull:
 class HttpView:
     """The routes of the module docstring, on one worker."""
 
-    def __init__(self, app: faust.App, recommender: Recommender, stats: WorkerStats, table_name: str) -> None:
-        """`table_name`: the visitor table, whose changelog partitions say which worker owns a visitor."""
+    def __init__(self, app: faust.App, recommender: Recommender, stats: WorkerStats, table_name: str, *,
+                 metrics: WorkerMetrics | None = None, applying: asyncio.Event | None = None,
+                 partitions: set[int] | None = None) -> None:
+        """`table_name`: the visitor table, whose changelog partitions say which worker owns a visitor.
+        `metrics`: what `/metrics` renders; `applying`: set once the worker applies events, and `partitions`:
+        the events partitions it owns (kept current in place by the worker), both for `/healthz`."""
         self.app = app
         self.recommender = recommender
         self.stats = stats
         self.table_name = table_name
+        self.metrics = metrics or WorkerMetrics(stats)
+        self.applying = applying or asyncio.Event()
+        self.partitions = partitions if partitions is not None else set()
 
     def register(self, app: faust.App) -> None:
         """Add the routes to `app` (its web server must be enabled)."""
@@ -132,8 +143,20 @@ class HttpView:
             """GET /items/{item_id}/similar: items related to an item, not personalised."""
             return await view.similar(web, request, item_id)
 
+        async def healthz(web: Any, request: Any) -> Any:
+            """GET /healthz: whether the worker consumes and publishes (200) or not yet / no longer (503)."""
+            body, status = view.health()
+            return web.json(body, status=status)
+
+        async def metrics(web: Any, request: Any) -> Any:
+            """GET /metrics: the worker's Prometheus metrics, in the format the Accept header asks for."""
+            body, content_type = view.metrics.render(request.headers.get("Accept"))
+            return web.bytes(body, headers={"Content-Type": content_type})
+
         app.page("/recommendations/{visitor}")(recommendations)
         app.page("/items/{item_id}/similar")(similar)
+        app.page("/healthz")(healthz)
+        app.page("/metrics")(metrics)
 
     async def recommendations(self, web: Any, request: Any, visitor: str) -> Any:
         try:
@@ -165,6 +188,15 @@ class HttpView:
             return web.json({"error": f"item {item_id[:80]!r} is not in the catalog"}, status=404)
         rec = self.recommender.similar(item_id, now_ms=list_time_now(self.recommender), k=n)
         return web.bytes(orjson.dumps(rec.to_dict()), content_type="application/json")
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        """The `/healthz` body and status: 503 before the worker applies events (the catalogue wait) and once
+        it stops, so that a load balancer or orchestrator sends no pulls to a worker that cannot answer them."""
+        applying = self.applying.is_set()
+        stopping = bool(self.app.should_stop)
+        status = "stopping" if stopping else "ok" if applying else "starting"
+        body = {"status": status, "applying": applying, "assigned_partitions": sorted(self.partitions)}
+        return body, 200 if status == "ok" else 503
 
     def owner_of(self, visitor: str) -> URL | None:
         """The URL of the worker owning `visitor`'s partition, None when it is this worker or unknown."""

@@ -34,6 +34,7 @@ from stream_reco.core.events import Event, Recommendation, new_list_id
 from stream_reco.core.recommender import Recommender
 from stream_reco.settings import Settings
 from stream_reco.stream import admission, faust_internals
+from stream_reco.stream.metrics import WorkerMetrics
 from stream_reco.stream.pushed import PushedLists
 from stream_reco.stream.recovery import StatsRecovery
 from stream_reco.stream.store import TableStore, WorkerStats
@@ -67,8 +68,10 @@ class Ingest:
 
     def __init__(self, settings: Settings, recommender: Recommender, store: TableStore, recovery: StatsRecovery,
                  forwarder: JoinForwarder, stats: WorkerStats, pushed: PushedLists,
-                 recommendations_topic: Any, dead_letter_topic: Any, apply_lock: asyncio.Lock) -> None:
-        """`apply_lock`: one step at a time applies events (a batch, a repair of skipped ones, a join record)."""
+                 recommendations_topic: Any, dead_letter_topic: Any, apply_lock: asyncio.Lock,
+                 metrics: WorkerMetrics | None = None) -> None:
+        """`apply_lock`: one step at a time applies events (a batch, a repair of skipped ones, a join record).
+        `metrics`: the worker's Prometheus metrics (stream/metrics.py); a private set when not given."""
         self.settings = settings
         self.recommender = recommender
         self.store = store
@@ -79,6 +82,7 @@ class Ingest:
         self.recommendations_topic = recommendations_topic
         self.dead_letter_topic = dead_letter_topic
         self.apply_lock = apply_lock
+        self.metrics = metrics or WorkerMetrics()
         #: the latest event time applied (never beyond the wall clock plus `max_clock_skew_s`): the visitor TTL's
         #: clock (stream/sweep.py)
         self.stream_time_ms = 0
@@ -171,12 +175,17 @@ class Ingest:
         if forward:
             await self.forwarder.join_across(event, msg.partition, local=shadow is None)
         self.stats.counts["events"] += 1
+        self.metrics.event(event.event_type)
         self._trigger(event.visitor_key, event, shadow, triggers, replayed)
 
     @staticmethod
     def _trigger(key: str, trigger: Event, shadow: Recommender | None, triggers: dict[str, Event],
                  replayed: dict[str, tuple[Event, Recommendation]]) -> None:
-        """Note the visitor's list to publish after the batch; a shadow's is computed now, at this log position."""
+        """Note the visitor's list to publish after the batch; a shadow's is computed now, at this log position.
+        An impression triggers none (`Event.is_shown`): the shop just showed a list, and a new one per impression
+        would replace it on screen; an earlier trigger of the batch for the visitor still stands."""
+        if trigger.is_shown:
+            return
         if shadow is None:
             triggers[key] = trigger
             replayed.pop(key, None)
@@ -236,6 +245,8 @@ class Ingest:
             doc["latency_ms"] = round(max(now_ms - trigger_ms, 0.0), 3)
         value = orjson.dumps(doc)
         await self.recommendations_topic.send(key=key.encode(), value=value)
+        if trigger_ms is not None:
+            self.metrics.list_published(doc["latency_ms"] / 1000.0)
         self.pushed.record(key, items, value)
         return value
 
@@ -256,4 +267,5 @@ class Ingest:
         )
         await self.dead_letter_topic.send(key=msg.key, value=orjson.dumps(record))
         self.stats.counts["dead_letter"] += 1
+        self.metrics.dead_letter(msg.topic)
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, record["error"])

@@ -190,7 +190,7 @@ def test_committed_offsets_survive_a_consumer_restart(unique_settings: Settings)
 
 # (what breaks the contract, the field the rejection must name)
 INVALID_EVENTS: list[tuple[dict[str, Any], str]] = [
-    (ev(1, event_type="click"), "event_type"),
+    (ev(1, event_type="wishlist"), "event_type"),
     (ev(2, context={"quantity": 0}), "context.quantity"),
     ({k: v for k, v in ev(3).items() if k != "item_id"}, "item_id"),
     (ev(4, user_id=None), "session_id"),  # no visitor key at all

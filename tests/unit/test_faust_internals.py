@@ -46,4 +46,4 @@ def test_only_the_workers_own_routes_are_registered(tmp_path) -> None:
     worker = RecoWorker(Settings.load(env={}).replace(data_dir=str(tmp_path), web_port=6066))
     worker.app.web.init_server()
     paths = sorted({r.resource.canonical for r in worker.app.web.web_app.router.routes()})
-    assert paths == ["/items/{item_id}/similar", "/recommendations/{visitor}"]
+    assert paths == ["/healthz", "/items/{item_id}/similar", "/metrics", "/recommendations/{visitor}"]

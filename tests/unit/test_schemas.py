@@ -112,6 +112,9 @@ def test_schema_fields_match_the_contract() -> None:
         "quantity",
         "price",
         "reason",
+        "list_id",
+        "shown",
+        "position",
     }
     assert schemas.get_schema("event")["properties"]["event_type"]["enum"] == list(EVENT_TYPES)
     assert top["item"] == {
@@ -394,10 +397,15 @@ timestamps = st.integers(min_value=0, max_value=4_102_444_800_000)
 def events(draw: st.DrawFn) -> Event:
     user_id = draw(st.none() | st.text(min_size=1, max_size=256))
     session_id = draw(st.text(min_size=1, max_size=256) if user_id is None else st.none() | st.text(min_size=1))
+    event_type = draw(st.sampled_from(EVENT_TYPES))
+    item_ids = st.text(min_size=1, max_size=256)
+    impression = event_type == "impression"
+    list_ids = st.text(min_size=1, max_size=256)
     return Event(
         event_id=draw(ids),
-        event_type=draw(st.sampled_from(EVENT_TYPES)),
-        item_id=draw(st.text(min_size=1, max_size=256)),
+        event_type=event_type,
+        # an impression may leave item_id out ("" in the record); its items are `shown`
+        item_id=draw(st.just("") | item_ids) if impression else draw(item_ids),
         timestamp=draw(timestamps),
         user_id=user_id,
         session_id=session_id,
@@ -405,6 +413,10 @@ def events(draw: st.DrawFn) -> Event:
         quantity=draw(st.none() | st.integers(min_value=1, max_value=100_000)),
         price=draw(st.none() | st.floats(min_value=0, max_value=1e9)),
         reason=draw(st.none() | st.text(max_size=256)),
+        list_id=draw(list_ids if impression else st.none() | list_ids),
+        shown=draw(st.tuples(item_ids) | st.lists(item_ids, min_size=1, max_size=100).map(tuple) if impression
+                   else st.none()),
+        position=draw(st.none() | st.integers(min_value=1, max_value=1000)),
     )
 
 
@@ -623,7 +635,7 @@ _DELETE = object()
 # Edge values per field path: each rule's boundary from both sides, wrong types, and removal.
 EVENT_EDGES: dict[tuple[str, ...], list[Any]] = {
     ("event_id",): [*_lengths(1, 128), 1, None, _DELETE],
-    ("event_type",): [*EVENT_TYPES, "click", "", "VIEW", None, _DELETE],
+    ("event_type",): [*EVENT_TYPES, "wishlist", "", "VIEW", None, _DELETE],
     ("user_id",): [None, *_lengths(1, 256), 42, _DELETE],
     ("session_id",): [None, *_lengths(1, 256), 42, _DELETE],
     ("item_id",): [*_lengths(1, 256), 7, _DELETE],
@@ -633,6 +645,9 @@ EVENT_EDGES: dict[tuple[str, ...], list[Any]] = {
     ("context", "price"): [-0.01, -0.0, 0, 1e9, 1e9 + 1, None, False, "1"],
     ("context", "page_category"): [None, *_lengths(0, 1024), 1],
     ("context", "reason"): [None, *_lengths(0, 256), ["x"]],
+    ("context", "list_id"): [None, *_lengths(1, 256), 1],
+    ("context", "shown"): [None, [], ["x"], ["x"] * 100, ["x"] * 101, [""], ["x" * 256], ["x" * 257], [1], "x"],
+    ("context", "position"): [0, 1, 1000, 1001, 2.0, 1.5, None, True, "1"],
     ("context", "unknown"): _OVERSIZED,
     ("context", "k" * 128): [1],
     ("context", "k" * 129): [1],
@@ -664,6 +679,10 @@ EVENT_BASES = [
         **{f"x{i:02d}": i for i in range(58)},
         "context": {"quantity": 1, **{f"c{i:02d}": i for i in range(31)}},
     },
+    # feedback events: an impression (no item_id, the list shown) and a click from a list
+    {"event_id": "e-2", "event_type": "impression", "session_id": "s-1", "timestamp": T,
+     "context": {"list_id": "l-1", "shown": ["sku-1", "sku-2"]}},
+    {**EVENT, "event_type": "click", "context": {"list_id": "l-1", "position": 2}},
 ]
 ITEM_BASES = [
     {"item_id": "sku-1"},
