@@ -4,15 +4,15 @@ it get a new list without it, even if they do nothing (docs/contracts.md, "Recom
     shop.catalog --(catalog feed: item now unavailable)--> withdrawn(item)
         --> PushedLists.showing(item) on this worker's partitions
         --> at once: each list republished without the item (trigger_event_id null), from its published bytes
-        --> then, at most half of the worker's time: each list computed afresh (full length again)
+        --> then, at most a quarter of the worker's time: each list computed afresh (full length again)
 
 The catalogue feed runs on every worker; each refreshes only the visitors of the partitions it owns (the
 lists it published), so every visitor is refreshed once. Computing a list costs ~1.5-5 ms of CPU, and a
 best-seller can be in tens of thousands of lists (bench: the `pages` section), so the first pass only drops
 the withdrawn items from the list as published (~0.1 ms each: parse, filter, send); the full recomputation that
-brings the list back to its length follows in the background, in chunks under the apply lock that use at most
-half of the time, so events keep flowing. A list the visitor's own next event replaced is not recomputed.
-A recomputed list reflects the catalogue at that time: it never shows an item the catalogue marked
+brings the list back to its length follows in the background, in small chunks under the apply lock that use
+at most a quarter of the time, so events keep their latency. A list the visitor's own next event replaced is
+not recomputed. A recomputed list reflects the catalogue at that time: it never shows an item the catalogue marked
 unavailable before it (the core's rules), so a refresh racing with the visitor's own next list is harmless.
 """
 
@@ -32,10 +32,13 @@ from stream_reco.stream.store import WorkerStats
 
 log = logging.getLogger(__name__)
 
-#: lists handled per hold of the apply lock: events wait at most ~0.1-0.3 s for a chunk of full recomputations
-CHUNK = 64
-#: lists the first pass republishes per hold of the lock (~0.1 ms each, no list computed)
-DROP_CHUNK = 512
+#: full recomputations per hold of the apply lock (~1.5-5 ms each): an event waits at most ~10-40 ms for one
+CHUNK = 8
+#: the background recomputation rests this many times as long as each chunk took: it uses at most a quarter of
+#: the worker's time, so the event path keeps its latency while a best-seller's lists are recomputed
+REFILL_REST = 3.0
+#: lists the first pass republishes per hold of the lock (~0.1-0.3 ms each, no list computed)
+DROP_CHUNK = 128
 
 
 class StockRefresh:
@@ -164,7 +167,7 @@ class StockRefresh:
 
     async def refill_some(self) -> int:
         """The second pass, one chunk: compute afresh up to `CHUNK` shortened lists that no newer list replaced,
-        then rest as long as that took (at most half of the worker's time goes here)."""
+        then rest `REFILL_REST` times as long (at most a quarter of the worker's time goes here)."""
         chunk = [self.refill.popitem() for _ in range(min(CHUNK, len(self.refill)))]
         began = time.monotonic()
         done = 0
@@ -179,7 +182,7 @@ class StockRefresh:
                     self.stats.counts["failed_lists"] += 1
                     log.exception("recomputing the list of visitor %r failed", visitor)
         self.stats.counts["lists_refilled"] += done
-        await asyncio.sleep(time.monotonic() - began)
+        await asyncio.sleep(REFILL_REST * (time.monotonic() - began))
         return done
 
 
