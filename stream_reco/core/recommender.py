@@ -22,21 +22,13 @@ gives them their fair, smaller share.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from stream_reco.core import explain, login, placements, render
+from stream_reco.core import login, placements, render
 from stream_reco.core.candidates import (
-    SESSION_QUERY,
-    SOURCE_ANN,
-    SOURCE_COVIS,
-    SOURCE_RECENT,
-    SOURCE_RELATED,
-    SOURCE_SIMILAR,
-    SOURCE_SKNN,
     CandidatePool,
     ann_candidates,
     blend,
@@ -44,11 +36,13 @@ from stream_reco.core.candidates import (
     gather,
     popular_candidates,
 )
+from stream_reco.core.caps import ListCaps
 from stream_reco.core.events import CatalogItem, Event, Recommendation, RecommendedItem
 from stream_reco.core.rank import mmr, stable_order
+from stream_reco.core.reasons import Explainer
 from stream_reco.core.rules import Batch, Rule, RuleContext, apply_rules, default_rules, excluded_ids
-from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight, leaf_of
-from stream_reco.core.stats import GLOBAL, POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
+from stream_reco.core.state import MS_PER_DAY, POSITIVE_CODES, VisitorState, event_weight
+from stream_reco.core.stats import POPULAR_TOP_CAP, CoVisitation, Popularity, SessionIndex
 from stream_reco.core.stats_context import StatsContext, StatsContexts, event_hash
 from stream_reco.settings import CoreSettings, Settings, core_settings
 
@@ -354,7 +348,7 @@ class Recommender:
         `page_category` scopes the list to that category and its siblings (and seeds cold start);
         without it, lists are scoped to the visitor's current page only when `scope_to_page_category`
         is set. `exclude_interacted` drops every item the visitor interacted with before. Items seen in the
-        session take at most `max_seen_slots` of the visible slots (`_Cap`). The list is shorter than `k`
+        session take at most `max_seen_slots` of the visible slots (core/caps.py). The list is shorter than `k`
         only when fewer than `k` catalogue items pass the rules (see `_widen`).
         """
         state = self.store.get(visitor_key) or VisitorState()
@@ -401,7 +395,7 @@ class Recommender:
                       recent=place.placement in placements.OWN_ITEMS_PLACEMENTS)
         placements.anchored_candidates(pool, place, self.covis, self.catalog, n, excluded)
         weights = placements.weights(place.placement, s)
-        cap = _Cap.of(s, k, self.catalog, state, now_ms)
+        cap = ListCaps.of(s, k, self.catalog, state, now_ms)
         ids, scores, sources = self._score(pool, ctx, k, n, cap=cap, weights=weights)
         if len(ids) < k or not cap.honoured(ids):
             # filtering left too few, or too few outside a dominant category or the session's items: widen the
@@ -419,7 +413,7 @@ class Recommender:
         picks = mmr(scores, self.catalog.vectors(ids), k, s.mmr_lambda, keep=s.mmr_keep_top,
                     groups=cap.groups(ids), max_per_group=cap.per_category, capped_slots=cap.slots,
                     limited=cap.seen_mask(ids), max_limited=cap.max_seen)
-        explainer = _Explainer(self, state, now_ms)
+        explainer = Explainer(self.settings, self.catalog, state, now_ms)
         return [
             RecommendedItem(ids[i], float(scores[i]), explainer.reason(ids[i], int(sources[i]), pool)) for i in picks
         ]
@@ -483,7 +477,7 @@ class Recommender:
         k: int,
         n: int,
         verdicts: dict[str, float] | None = None,
-        cap: _Cap | None = None,
+        cap: ListCaps | None = None,
         weights: np.ndarray | None = None,
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Blend the sources, then apply the rules best-first in chunks of `n` until `k` survive.
@@ -570,154 +564,3 @@ class Recommender:
     def visitor(self, visitor_key: str) -> VisitorState | None:
         """The stored state of a visitor (None when unknown)."""
         return self.store.get(visitor_key)
-
-
-class _Cap:
-    """The caps on one list's visible slots, and the bookkeeping they need.
-
-    Two caps, both binding the first `list_size` slots, the list a shopper sees: a leaf category fills at most
-    `max_category_share` of them (no list of five near-identical items), and the items seen in the current
-    session at most `max_seen_slots` (a list after a view is about what to look at next, not what was just
-    seen). A caller asking for a longer list (the evaluation asks for 20) gets the caps there and plain MMR
-    after it, so the promises are kept where they are visible without reordering a longer tail.
-    """
-
-    __slots__ = ("catalog", "codes", "leaves", "max_seen", "per_category", "seen", "slots")
-
-    def __init__(self, per_category: int, slots: int, catalog: ItemCatalog | None,
-                 seen: frozenset[str] = frozenset(), max_seen: int = 0) -> None:
-        self.per_category = per_category
-        self.slots = slots
-        self.catalog = catalog
-        self.seen = seen  # the session's items, when the seen cap binds (empty: it does not)
-        self.max_seen = max_seen
-        self.codes: dict[str, int] = {}  # item -> leaf category code (-1: none), filled as items are seen
-        self.leaves: dict[tuple[str, ...], int] = {}  # leaf category -> code
-
-    @classmethod
-    def of(cls, settings: CoreSettings, k: int, catalog: ItemCatalog, state: VisitorState, now_ms: int) -> _Cap:
-        slots = min(k, settings.list_size)
-        share = settings.max_category_share
-        per_category = max(1, math.floor(share * settings.list_size)) if share > 0 else 0
-        max_seen = max(0, settings.max_seen_slots)
-        seen = (frozenset(h[0] for h in state.session_history(now_ms, settings)) if max_seen < slots
-                else frozenset())
-        if not per_category and not seen:
-            return cls(0, 0, None)
-        return cls(per_category, slots, catalog if per_category else None, seen, max_seen)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.per_category or self.seen)
-
-    def _code(self, item_id: str) -> int:
-        code = self.codes.get(item_id)
-        if code is None:
-            category = self.catalog.category_of(item_id) if self.catalog is not None else ()
-            code = self.codes[item_id] = self.leaves.setdefault(category, len(self.leaves)) if category else -1
-        return code
-
-    def groups(self, ids: Sequence[str]) -> np.ndarray | None:
-        """One int per item naming its leaf category (-1: no category, never capped); None without a cap."""
-        if not self.per_category:
-            return None
-        return np.fromiter((self._code(i) for i in ids), dtype=np.int64, count=len(ids))
-
-    def seen_mask(self, ids: Sequence[str]) -> np.ndarray | None:
-        """True for the items seen in the session; None when the seen cap does not bind."""
-        if not self.seen:
-            return None
-        return np.fromiter((i in self.seen for i in ids), dtype=bool, count=len(ids))
-
-    def _filled_at(self, ids: Sequence[str]) -> int | None:
-        """The length of the shortest prefix of `ids` that can fill the capped slots within the caps."""
-        taken: dict[int, int] = {}
-        n_seen = 0
-        capacity = 0
-        for n, item_id in enumerate(ids, 1):
-            g = self._code(item_id) if self.per_category else -1
-            is_seen = item_id in self.seen
-            if (g < 0 or taken.get(g, 0) < self.per_category) and (not is_seen or n_seen < self.max_seen):
-                capacity += 1
-                n_seen += is_seen
-                if g >= 0:
-                    taken[g] = taken.get(g, 0) + 1
-                if capacity >= self.slots:
-                    return n
-        return None
-
-    def honoured(self, ids: Sequence[str]) -> bool:
-        """Whether these candidates can fill the capped slots without breaking a cap."""
-        return not self.active or self._filled_at(ids) is not None
-
-    def pool_size(self, ids: Sequence[str], size: int) -> int:
-        """The MMR pool: the `size` best, stretched (when a cap needs it) until it can honour the caps."""
-        if not self.active or len(ids) <= size:
-            return size
-        filled = self._filled_at(ids)
-        return size if filled is None else max(size, filled)  # None: MMR relaxes the caps over the best
-
-
-class _Explainer:
-    """Turns a candidate's strongest source and its evidence into a sentence (only for the final k)."""
-
-    def __init__(self, rec: Recommender, state: VisitorState, now_ms: int) -> None:
-        self.rec = rec
-        self.state = state
-        self.now_ms = now_ms
-        self._counts: dict[str, int] | None = None
-        self._session_counts: dict[str, int] | None = None
-
-    def _category_counts(self, session: bool) -> dict[str, int]:
-        """Distinct interacted items per category path, in the session or the whole kept history."""
-        cached = self._session_counts if session else self._counts
-        if cached is not None:
-            return cached
-        hist = self.state.session_history(self.now_ms, self.rec.settings) if session else self.state.history
-        items: dict[str, str] = {}
-        for item_id, _, code in hist:
-            if code in POSITIVE_CODES and item_id not in items:
-                it = self.rec.catalog.get(item_id)
-                items[item_id] = it.category_path if it is not None else ""
-        counts: dict[str, int] = {}
-        for cat in items.values():
-            if cat:
-                counts[cat] = counts.get(cat, 0) + 1
-        if session:
-            self._session_counts = counts
-        else:
-            self._counts = counts
-        return counts
-
-    def reason(self, item_id: str, source: int, pool: CandidatePool) -> str:
-        if source == SOURCE_RECENT and item_id in pool.recent:
-            return explain.viewed_recently()
-        if source == SOURCE_SKNN and item_id in pool.sknn:
-            return explain.similar_sessions()
-        if source == SOURCE_RELATED and item_id in pool.related_anchor:
-            return explain.often_viewed_with(self._title(pool.related_anchor[item_id]))
-        if source == SOURCE_SIMILAR and item_id in pool.similar_anchor:
-            return explain.similar_to(self._title(pool.similar_anchor[item_id]))
-        cat = self._category(item_id)
-        anchor = pool.covis_anchor(item_id) if source == SOURCE_COVIS else None
-        if anchor is not None:
-            return explain.often_viewed_with(self._title(anchor))
-        if source == SOURCE_ANN and item_id in pool.ann:
-            counts = self._category_counts(session=pool.ann_query[item_id] == SESSION_QUERY)
-            n = counts.get(cat, 0) if cat else 0
-            return explain.because_viewed(n, leaf_of(cat)) if n else explain.similar_to_liked()
-        if item_id in pool.popular:
-            pcat = pool.popular_category[item_id]
-            return explain.popular_in(leaf_of(pcat) if pcat != GLOBAL else "", self.rec.settings.popularity_half_life_h)
-        if item_id in pool.fill:
-            return explain.more_in(leaf_of(cat) if cat else "")
-        return explain.similar_to_liked()
-
-    def _category(self, item_id: str) -> str:
-        it = self.rec.catalog.get(item_id)
-        return it.category_path if it is not None else ""
-
-    def _title(self, item_id: str) -> str:
-        """The item's catalogue title, or its id when the catalogue has none (a reason always names the item)."""
-        it = self.rec.catalog.get(item_id)
-        return it.title if it is not None and it.title else item_id

@@ -83,7 +83,6 @@ async def wait_visible(admin: AIOKafkaAdminClient, partitions: dict[str, int],
     ignores it ("Ignoring missing topic"), and consumes nothing until its next metadata refresh, minutes later:
     the demo published no list at all."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    missing = sorted(partitions)
     while True:
         described = await admin.describe_topics(sorted(partitions))
         ready = {t["topic"] for t in described
