@@ -51,6 +51,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench import streaming
+from bench.section_output import write_section
 from stream_reco.settings import Settings
 from stream_reco.shop.client import Prepared
 from stream_reco.stream.app import ASSIGNED_LINE
@@ -82,7 +83,6 @@ IDLE_WINDOW_S = 0.5
 IDLE_TIMEOUT_S = 20.0
 #: stats lines (`stats {...}`) the workers log every 10 s carry their pull and refresh counters
 STATS_PREFIX = "stats {"
-PNG_DPI = 110
 
 
 @dataclass(frozen=True)
@@ -794,19 +794,8 @@ def plot_refresh(section: dict[str, Any], ax: Any) -> None:
 
 def write(section: dict[str, Any], output: Path) -> None:
     """Standalone run: JSON and the PNG beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(orjson.dumps(section, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-    fig, axes = plt.subplots(1, 2, figsize=(13.0, 4.8))
-    plot_pulls(section, axes[0])
-    plot_refresh(section, axes[1])
-    fig.tight_layout()
-    fig.savefig(output.with_suffix(".png"), dpi=PNG_DPI)
-    plt.close(fig)
+    write_section(section, output, lambda axes: (plot_pulls(section, axes[0]), plot_refresh(section, axes[1])),
+                  panels=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

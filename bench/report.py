@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from bench.section_output import PNG_DPI
+
 #: sections every result has; each must be a non-empty object
 REQUIRED_SECTIONS = ("environment", "throughput", "freshness", "ann", "memory", "scaling")
 #: keys (dotted paths) that must hold finite numbers
@@ -29,7 +31,6 @@ REQUIRED_NUMBERS = (
     "scaling.core_cost_growth",
     "wall_s",
 )
-PNG_DPI = 110
 FIGURE_SIZE = (13.0, 18.0)
 #: sections that are optional (older results lack them) but, when present, must not hold an error
 OPTIONAL_SECTIONS = ("restart", "stats_memory", "pages")

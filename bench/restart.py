@@ -59,6 +59,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench import streaming
+from bench.section_output import write_section
 from stream_reco.settings import Settings
 from stream_reco.shop.client import Prepared
 
@@ -68,8 +69,6 @@ SNAPSHOT_ENV = "STREAM_RECO_STATS_SNAPSHOT_INTERVAL_S"
 SNAPSHOT_SETTING = "stats_snapshot_interval_s"
 #: longest wait for every probe list after a spawn (a full rebuild of a large retention is slow)
 SERVE_TIMEOUT_S = 300.0
-#: the in-process fill produces events and states in chunks (bounded memory for large retentions)
-PNG_DPI = 110
 
 SAVED_RE = re.compile(r"statistics snapshot saved: (?P<path>.+?) \((?P<bytes>[\d,_]+) bytes\) in (?P<s>[\d.]+) ?s")
 RESTORED_RE = re.compile(r"statistics restored from snapshot (?P<path>.+?) in (?P<s>[\d.]+) ?s")
@@ -442,18 +441,7 @@ def plot(section: dict[str, Any], ax: Any) -> None:
 
 def write(section: dict[str, Any], output: Path) -> None:
     """Standalone run: JSON and the PNG beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(orjson.dumps(section, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-    fig, ax = plt.subplots(figsize=(7.0, 4.8))
-    plot(section, ax)
-    fig.tight_layout()
-    fig.savefig(output.with_suffix(".png"), dpi=PNG_DPI)
-    plt.close(fig)
+    write_section(section, output, lambda axes: plot(section, axes[0]), width_in=7.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
+from bench.section_output import write_section
 from stream_reco.core.events import Event
 from stream_reco.core.recommender import Recommender
 from stream_reco.core.stats_context import DEFAULT_MAX_VISITORS, StatsContexts
@@ -52,7 +52,6 @@ TIGHT_ITEMS_SHARE = 0.25
 TIGHT_SESSIONS_SHARE = 0.1
 #: objects whose size is not the statistics' (shared, immortal or code): never walked into
 _SKIP_TYPES = (type, type(sys), type(len), type(lambda: 0))
-PNG_DPI = 110
 
 
 @dataclass(frozen=True)
@@ -343,18 +342,7 @@ def plot(section: dict[str, Any], ax: Any, keys_ax: Any | None = None) -> None:
 
 def write(section: dict[str, Any], output: Path) -> None:
     """Standalone run: JSON and a two-panel PNG beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(orjson.dumps(section, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-    fig, axes = plt.subplots(1, 2, figsize=(13.0, 4.8))
-    plot(section, axes[0], axes[1])
-    fig.tight_layout()
-    fig.savefig(output.with_suffix(".png"), dpi=PNG_DPI)
-    plt.close(fig)
+    write_section(section, output, lambda axes: plot(section, axes[0], axes[1]), panels=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
